@@ -1,0 +1,1 @@
+"""VLM Node client: generated messages and stubs live in `vlmnode.v1`."""
