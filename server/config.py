@@ -1,0 +1,117 @@
+"""Settings from the environment, as the original README documents them.
+
+A missing or malformed variable stops the process at start with one line
+naming it (`ConfigError`).
+"""
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _int(name: str, value: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+    if not lo <= n <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {n}")
+    return n
+
+
+def _float(name: str, value: str, lo: float, hi: float) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not lo <= x <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {x}")
+    return x
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _url(name: str, value: str) -> str:
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Seed contract.
+    postgres_url: str = ""  # empty: the run command starts a private server
+    vlm_model: str = "moondream:1.8b"
+    llm_model: str = "llama3:latest"
+    ollama_host: str = "http://localhost:11434"
+    data_dir: str = ""
+    api_url: str = ""
+    dds_url: str = ""
+    client_id: str = "vlm-node"
+    posemesh_email: str = ""
+    posemesh_password: str = ""
+    image_batch_size: int = 5
+    # Node.
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    http_port: int = 8080
+    ollama_pull: bool = True  # pull missing models at start, as the original
+    ollama_concurrency: int = 4  # requests in flight to Ollama per process
+    ollama_timeout: float = 120.0  # seconds per request
+    image_max_side: int = 1024  # pixels; the models see no more than this
+    caption_slots: int = 4  # images captioned at once within one job
+    worker_jobs: int = 1  # jobs one worker runs at once
+    job_lease: float = 30.0  # seconds a claim lasts without renewal
+    job_max_attempts: int = 5
+    job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time
+    webhook_secret: str = ""
+    webhook_attempts: int = 5
+    log_level: str = "INFO"
+
+    @property
+    def posemesh_configured(self) -> bool:
+        return bool(self.api_url and self.dds_url and self.posemesh_email and self.posemesh_password)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = raw
+        parsed = {}
+        for key, raw in values.items():
+            name = key.upper()
+            kind = type(getattr(cls, key))
+            if key in ("ollama_host", "api_url", "dds_url"):
+                parsed[key] = _url(name, raw)
+            elif key == "postgres_url" and not raw.startswith(("postgres://", "postgresql://")):
+                raise ConfigError(f"{name} must be a postgresql:// URL, got {raw!r}")
+            elif key == "log_level":
+                if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                    raise ConfigError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+                parsed[key] = raw.upper()
+            elif kind is bool:
+                parsed[key] = _bool(name, raw)
+            elif kind is int:
+                hi = 65535 if key.endswith("port") else 10_000
+                parsed[key] = _int(name, raw, 0 if key.endswith("port") else 1, hi)
+            elif kind is float:
+                parsed[key] = _float(name, raw, 0.001, 86_400)
+            else:
+                parsed[key] = raw
+        return cls(**{**values, **parsed})

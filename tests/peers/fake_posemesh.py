@@ -1,0 +1,771 @@
+"""A fake posemesh network: Auki API, DDS and one domain server over real HTTP.
+
+Follows the wire contract in docs/posemesh-domain-data.md. One uvicorn server in
+a background thread serves all three on one port under path prefixes:
+
+    api_url            = base + "/api-svc"     (login, refresh, domains-access-token)
+    dds_url            = base + "/dds"         (per-domain auth)
+    domain_server_url  = base + "/domain-svc"  (domain data)
+
+Test knobs (all settable while the server runs):
+
+    fail_next(n, status=503, server="domain")  next n requests to that server fail
+    mode = "ok" | "hang" | "broken_multipart" | "size_mismatch" | "expire_tokens"
+        (applies to the domain server; "expire_tokens" answers 401 once then
+        goes back to "ok")
+    chunk_size = None | int       stream multipart answers in chunks of this size
+    forbid_domain(domain_id)      DDS answers 403 for it
+    revoke_all_tokens()           every token issued so far becomes invalid
+
+Run standalone for a demo:
+
+    python -m tests.peers.fake_posemesh --port 8090 --demo
+    python -m tests.peers.fake_posemesh --port 8090 --seed-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+DEMO_DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
+DEMO_EMAIL = "demo@vlm-node.local"
+DEMO_PASSWORD = "demo-password"
+
+FORBIDDEN_NAME_CHARS = set(';!?<>[]{}()/\\"$#@*^&|~%=+')
+MAX_ITEM_BYTES = 10 * 1024 * 1024
+MAX_REQUEST_BYTES = 100 * 1024 * 1024
+
+MODES = ("ok", "hang", "broken_multipart", "size_mismatch", "expire_tokens")
+
+
+# --------------------------------------------------------------------------- #
+# A uvicorn server in a background thread (shared with webhook_receiver.py)
+# --------------------------------------------------------------------------- #
+
+
+class ThreadedServer:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 in a daemon thread."""
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._app = app
+        self.host = host
+        self._port = port
+        self.port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        assert self.port is not None, "server not started"
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=5,
+        )
+        self._server = uvicorn.Server(config)
+        self.stopping.clear()
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{self.port}"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("test server failed to start")
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start in time")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._thread is None or self._server is None:
+            return
+        self.stopping.set()
+        self._server.should_exit = True
+        self._server.force_exit = True
+        self._thread.join(timeout)
+        self._thread = None
+        self._server = None
+
+    async def hang(self, still: Any = lambda: True) -> None:
+        """Sleep until the server stops or `still()` turns false."""
+        while not self.stopping.is_set() and still():
+            await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- #
+# Tokens
+# --------------------------------------------------------------------------- #
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _rfc3339(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class _Item:
+    id: str
+    domain_id: str
+    name: str
+    data_type: str
+    data: bytes
+    created_at: datetime
+    updated_at: datetime
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "domain_id": self.domain_id,
+            "name": self.name,
+            "data_type": self.data_type,
+            "size": len(self.data),
+            "created_at": _rfc3339(self.created_at),
+            "updated_at": _rfc3339(self.updated_at),
+        }
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+# --------------------------------------------------------------------------- #
+# The fake
+# --------------------------------------------------------------------------- #
+
+
+class FakePosemesh:
+    def __init__(
+        self,
+        *,
+        email: str = DEMO_EMAIL,
+        password: str = DEMO_PASSWORD,
+        token_ttl: int = 3600,
+        refresh_ttl: int = 24 * 3600,
+        client_id: str | None = None,
+        app_key: str | None = None,
+        app_secret: str | None = None,
+        port: int = 0,
+    ) -> None:
+        self.email = email
+        self.password = password
+        self.token_ttl = token_ttl
+        self.refresh_ttl = refresh_ttl
+        self.expected_client_id = client_id  # None: any non-empty value
+        self.app_key = app_key
+        self.app_secret = app_secret
+
+        self._lock = threading.Lock()
+        self._signing_key = secrets.token_bytes(32)
+        self._live_refresh: set[str] = set()
+        self._domains: dict[str, dict[str, _Item]] = {}
+        self._forbidden: set[str] = set()
+        self._fail: dict[str, list[int]] = {"api": [], "dds": [], "domain": []}
+        self.domain_server_id = str(uuid.uuid4())
+        self.organization_id = str(uuid.uuid4())
+
+        self.mode = "ok"
+        self.chunk_size: int | None = None
+
+        self.logins = 0
+        self.login_failures = 0
+        self.refreshes = 0
+        self.dds_tokens = 0
+        self.dds_grants = 0
+        self.downloads = 0
+        self.metadata_requests = 0
+        self.raw_downloads = 0
+        self.uploads = 0
+        self.domain_requests = 0
+        self.domain_queries: list[dict[str, str]] = []
+        self.client_ids_seen: set[str] = set()
+
+        self._http = ThreadedServer(self._build_app(), port=port)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> FakePosemesh:
+        self._http.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.stop()
+
+    def __enter__(self) -> FakePosemesh:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/api-svc"
+
+    @property
+    def dds_url(self) -> str:
+        return self.base_url + "/dds"
+
+    @property
+    def domain_server_url(self) -> str:
+        return self.base_url + "/domain-svc"
+
+    # ------------------------------------------------------------ test helpers
+
+    def add_domain(self, domain_id: str) -> str:
+        domain_id = str(uuid.UUID(domain_id))
+        with self._lock:
+            self._domains.setdefault(domain_id, {})
+        return domain_id
+
+    def add_item(
+        self,
+        domain_id: str,
+        name: str,
+        data: bytes,
+        data_type: str = "jpg",
+        created_at: datetime | None = None,
+    ) -> str:
+        domain_id = str(uuid.UUID(domain_id))
+        now = datetime.now(UTC)
+        created = created_at or now
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        with self._lock:
+            items = self._domains.setdefault(domain_id, {})
+            if any(i.name == name for i in items.values()):
+                raise ValueError(f"duplicate name {name!r} in domain {domain_id}")
+            item = _Item(str(uuid.uuid4()), domain_id, name, data_type, bytes(data), created, created)
+            items[item.id] = item
+        return item.id
+
+    def items(self, domain_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [i.meta() for i in self._domains.get(domain_id, {}).values()]
+
+    def forbid_domain(self, domain_id: str) -> None:
+        with self._lock:
+            self._forbidden.add(str(uuid.UUID(domain_id)))
+
+    def fail_next(self, n: int, status: int = 503, server: str = "domain") -> None:
+        if server not in self._fail:
+            raise ValueError(f"server must be one of {sorted(self._fail)}")
+        with self._lock:
+            self._fail[server] = [status] * n
+
+    def revoke_all_tokens(self) -> None:
+        with self._lock:
+            self._signing_key = secrets.token_bytes(32)
+            self._live_refresh.clear()
+
+    # ------------------------------------------------------------ tokens
+
+    def _mint(self, claims: dict[str, Any], ttl: int) -> str:
+        now = int(time.time())
+        payload = {**claims, "iat": now, "exp": now + int(ttl), "jti": uuid.uuid4().hex}
+        head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        body = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        sig = _b64(hmac.new(self._signing_key, f"{head}.{body}".encode(), hashlib.sha256).digest())
+        return f"{head}.{body}.{sig}"
+
+    def _verify(self, token: str, typ: str) -> dict[str, Any]:
+        try:
+            head, body, sig = token.split(".")
+            want = _b64(hmac.new(self._signing_key, f"{head}.{body}".encode(), hashlib.sha256).digest())
+            if not hmac.compare_digest(sig, want):
+                raise ValueError("bad signature")
+            claims = json.loads(_unb64(body))
+        except Exception:
+            raise _HTTPError(401, "invalid token") from None
+        if claims.get("typ") != typ:
+            raise _HTTPError(401, "wrong token type")
+        if int(claims.get("exp", 0)) <= time.time():
+            raise _HTTPError(401, "token expired")
+        return claims
+
+    @staticmethod
+    def _bearer(request: Request) -> str:
+        auth = request.headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _HTTPError(401, "missing bearer token")
+        return value.strip()
+
+    def _check_client_id(self, request: Request) -> None:
+        cid = request.headers.get("posemesh-client-id", "").strip()
+        if not cid:
+            raise _HTTPError(400, "missing posemesh-client-id header")
+        if self.expected_client_id is not None and cid != self.expected_client_id:
+            raise _HTTPError(400, "unknown posemesh-client-id")
+        self.client_ids_seen.add(cid)
+
+    def _take_failure(self, server: str) -> None:
+        with self._lock:
+            if self._fail[server]:
+                status = self._fail[server].pop(0)
+                raise _HTTPError(status, f"injected failure {status}")
+
+    @staticmethod
+    async def _json_body(request: Request) -> Any:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise _HTTPError(400, "body is not JSON") from None
+
+    # ------------------------------------------------------------ app
+
+    def _build_app(self) -> Starlette:
+        def wrap(handler: Any) -> Any:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except _HTTPError as e:
+                    return PlainTextResponse(e.text, status_code=e.status)
+
+            return endpoint
+
+        data_path = "/domain-svc/api/v1/domains/{domain_id}/data"
+        return Starlette(
+            routes=[
+                Route("/api-svc/user/login", wrap(self._login), methods=["POST"]),
+                Route("/api-svc/user/refresh", wrap(self._refresh), methods=["POST"]),
+                Route("/api-svc/service/domains-access-token", wrap(self._dds_token), methods=["POST"]),
+                Route("/dds/api/v1/domains/{domain_id}/auth", wrap(self._dds_auth), methods=["POST"]),
+                Route(data_path, wrap(self._data), methods=["GET", "POST", "PUT"]),
+                Route(data_path + "/{item_id}", wrap(self._one_item), methods=["GET"]),
+            ]
+        )
+
+    # ------------------------------------------------------------ Auki API
+
+    async def _login(self, request: Request) -> Response:
+        self.logins += 1
+        self._check_client_id(request)
+        self._take_failure("api")
+        body = await self._json_body(request)
+        if not isinstance(body, dict) or body.get("email") != self.email or body.get("password") != self.password:
+            self.login_failures += 1
+            raise _HTTPError(401, "invalid email or password")
+        return JSONResponse(self._user_pair())
+
+    def _user_pair(self) -> dict[str, str]:
+        access = self._mint({"typ": "user", "sub": self.email}, self.token_ttl)
+        refresh = self._mint({"typ": "refresh", "sub": self.email}, self.refresh_ttl)
+        with self._lock:
+            self._live_refresh.add(refresh)
+        return {"access_token": access, "refresh_token": refresh}
+
+    async def _refresh(self, request: Request) -> Response:
+        self.refreshes += 1
+        self._check_client_id(request)
+        self._take_failure("api")
+        token = self._bearer(request)
+        self._verify(token, "refresh")
+        with self._lock:
+            if token not in self._live_refresh:  # rotated: each refresh token works once
+                raise _HTTPError(401, "refresh token already used")
+            self._live_refresh.discard(token)
+        return JSONResponse(self._user_pair())
+
+    async def _dds_token(self, request: Request) -> Response:
+        self.dds_tokens += 1
+        self._check_client_id(request)
+        self._take_failure("api")
+        auth = request.headers.get("authorization", "")
+        read_only = False
+        if auth.lower().startswith("basic "):
+            try:
+                key, _, sec = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except Exception:
+                raise _HTTPError(401, "bad basic credentials") from None
+            if self.app_key is None or key != self.app_key or sec != self.app_secret:
+                raise _HTTPError(401, "bad app credentials")
+            read_only = True
+        else:
+            self._verify(self._bearer(request), "user")
+        await self._json_body(request)
+        return JSONResponse({"access_token": self._mint({"typ": "dds_service", "ro": read_only}, self.token_ttl)})
+
+    # ------------------------------------------------------------ DDS
+
+    async def _dds_auth(self, request: Request) -> Response:
+        self.dds_grants += 1
+        self._check_client_id(request)
+        self._take_failure("dds")
+        claims = self._verify(self._bearer(request), "dds_service")
+        await self._json_body(request)
+        domain_id = request.path_params["domain_id"]
+        with self._lock:
+            known = domain_id in self._domains
+            forbidden = domain_id in self._forbidden
+        if not known:
+            raise _HTTPError(404, "domain not found")
+        if forbidden:
+            raise _HTTPError(403, "domain access forbidden")
+        url = self.domain_server_url
+        token = self._mint(
+            {"typ": "domain", "iss": "dds", "domain_id": domain_id, "aud": [url], "ro": claims.get("ro", False)},
+            self.token_ttl,
+        )
+        return JSONResponse(
+            {
+                "id": domain_id,
+                "name": f"fake domain {domain_id[:8]}",
+                "organization_id": self.organization_id,
+                "domain_server_id": self.domain_server_id,
+                "redirect_url": None,
+                "domain_server": {
+                    "id": self.domain_server_id,
+                    "organization_id": self.organization_id,
+                    "name": "fake-domain-server",
+                    "url": url,
+                },
+                "access_token": token,
+            }
+        )
+
+    # ------------------------------------------------------------ domain server
+
+    async def _domain_gate(self, request: Request, *, check_client_id: bool) -> dict[str, Any]:
+        """Failure knobs, then token checks. Returns the domain token's claims."""
+        self.domain_requests += 1
+        if check_client_id:
+            self._check_client_id(request)
+        self._take_failure("domain")
+        if self.mode == "hang":
+            await self._http.hang(lambda: self.mode == "hang")
+            raise _HTTPError(503, "was hanging")
+        if self.mode == "expire_tokens":
+            self.mode = "ok"
+            raise _HTTPError(401, "token expired")
+        claims = self._verify(self._bearer(request), "domain")
+        domain_id = request.path_params["domain_id"]
+        if claims.get("domain_id") != domain_id or self.domain_server_url not in claims.get("aud", []):
+            raise _HTTPError(401, "token not valid for this domain")
+        with self._lock:
+            if domain_id not in self._domains:
+                raise _HTTPError(404, "domain not found")
+        return claims
+
+    async def _data(self, request: Request) -> Response:
+        if request.method == "GET":
+            await self._domain_gate(request, check_client_id=True)
+            return self._get_data(request)
+        claims = await self._domain_gate(request, check_client_id=False)
+        if claims.get("ro"):
+            raise _HTTPError(403, "read-only credentials")
+        return await self._upload(request)
+
+    def _select(self, request: Request) -> list[_Item]:
+        domain_id = request.path_params["domain_id"]
+        q = request.query_params
+        self.domain_queries.append(dict(q))
+        ids = [i for i in q.get("ids", "").split(",") if i]
+        if len(ids) > 100:
+            raise _HTTPError(400, "too many ids (max 100)")
+        name = q.get("name")
+        data_type = q.get("data_type")
+        with self._lock:
+            items = list(self._domains[domain_id].values())
+        if ids:
+            wanted = set(ids)
+            items = [i for i in items if i.id in wanted]
+        if name is not None:
+            items = [i for i in items if i.name == name]
+        if data_type is not None:
+            items = [i for i in items if i.data_type == data_type]
+        return items
+
+    def _get_data(self, request: Request) -> Response:
+        items = self._select(request)
+        accept = request.headers.get("accept", "")
+        if "application/json" in accept:
+            self.metadata_requests += 1
+            return JSONResponse({"data": [i.meta() for i in items]})
+        if "multipart/form-data" not in accept:
+            raise _HTTPError(406, "accept multipart/form-data or application/json")
+        self.downloads += 1
+        boundary = self._boundary(items)
+        body = self._multipart(items, boundary)
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        if self.chunk_size:
+            size = self.chunk_size
+
+            async def chunks() -> Any:
+                for start in range(0, len(body), size):
+                    yield body[start : start + size]
+                    await asyncio.sleep(0)
+
+            return StreamingResponse(chunks(), headers=headers)
+        return Response(body, headers=headers)
+
+    @staticmethod
+    def _boundary(items: list[_Item]) -> str:
+        while True:
+            boundary = "posemesh-" + secrets.token_hex(16)
+            marker = ("--" + boundary).encode()
+            if not any(marker in i.data for i in items):
+                return boundary
+
+    def _multipart(self, items: list[_Item], boundary: str) -> bytes:
+        out = io.BytesIO()
+        cut_at: int | None = None
+        for n, item in enumerate(items):
+            size = len(item.data)
+            if self.mode == "size_mismatch" and n == 0:
+                size += 7
+            disposition = (
+                f'form-data; name="{item.name}"; data-type="{item.data_type}"; id="{item.id}"; '
+                f'domain-id="{item.domain_id}"; size="{size}"; created-at="{_rfc3339(item.created_at)}"; '
+                f'updated-at="{_rfc3339(item.updated_at)}"'
+            )
+            out.write(f"--{boundary}\r\n".encode())
+            out.write(f"Content-Disposition: {disposition}\r\n".encode())
+            out.write(b"Content-Type: application/octet-stream\r\n\r\n")
+            cut_at = out.tell() + len(item.data) // 2
+            out.write(item.data)
+            out.write(b"\r\n")
+        out.write(f"--{boundary}--\r\n".encode())
+        body = out.getvalue()
+        if self.mode == "broken_multipart":
+            if cut_at is None:  # no items: cut the closing delimiter itself
+                return body[: len(boundary)]
+            return body[:cut_at]
+        return body
+
+    async def _one_item(self, request: Request) -> Response:
+        await self._domain_gate(request, check_client_id=True)
+        domain_id = request.path_params["domain_id"]
+        with self._lock:
+            item = self._domains[domain_id].get(request.path_params["item_id"])
+        if item is None:
+            raise _HTTPError(404, "data not found")
+        if request.query_params.get("raw", "").lower() == "true":
+            self.raw_downloads += 1
+            return Response(item.data, media_type="application/octet-stream")
+        return JSONResponse({"data": [item.meta()]})
+
+    async def _upload(self, request: Request) -> Response:
+        domain_id = request.path_params["domain_id"]
+        ctype, params = parse_options_header(request.headers.get("content-type", ""))
+        if ctype != b"multipart/form-data" or b"boundary" not in params:
+            raise _HTTPError(400, "expected multipart/form-data with a boundary")
+        if int(request.headers.get("content-length", "0") or 0) > MAX_REQUEST_BYTES:
+            raise _HTTPError(413, "request too large")
+
+        parts: list[dict[str, Any]] = []
+        cur: dict[str, Any] = {}
+        hfield = bytearray()
+        hvalue = bytearray()
+
+        def on_part_begin() -> None:
+            cur.clear()
+            cur.update(headers={}, data=bytearray())
+
+        def on_header_field(d: bytes, s: int, e: int) -> None:
+            hfield.extend(d[s:e])
+
+        def on_header_value(d: bytes, s: int, e: int) -> None:
+            hvalue.extend(d[s:e])
+
+        def on_header_end() -> None:
+            cur["headers"][bytes(hfield).decode("latin-1").lower()] = bytes(hvalue).decode("latin-1")
+            hfield.clear()
+            hvalue.clear()
+
+        def on_part_data(d: bytes, s: int, e: int) -> None:
+            cur["data"].extend(d[s:e])
+            if len(cur["data"]) > MAX_ITEM_BYTES:
+                raise _HTTPError(413, "item too large")
+
+        def on_part_end() -> None:
+            parts.append({"headers": dict(cur["headers"]), "data": bytes(cur["data"])})
+
+        parser = MultipartParser(
+            params[b"boundary"],
+            {
+                "on_part_begin": on_part_begin,
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+            },
+        )
+        total = 0
+        try:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > MAX_REQUEST_BYTES:
+                    raise _HTTPError(413, "request too large")
+                parser.write(chunk)
+            parser.finalize()
+        except _HTTPError:
+            raise
+        except Exception as e:
+            raise _HTTPError(400, f"bad multipart body: {e}") from None
+        if parser.state != MultipartState.END:
+            raise _HTTPError(400, "truncated multipart body")
+
+        now = datetime.now(UTC)
+        out: list[_Item] = []
+        with self._lock:
+            items = self._domains[domain_id]
+            names = {i.name for i in items.values()}
+            for part in parts:
+                _, disp = parse_options_header(part["headers"].get("content-disposition", ""))
+                opts = {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in disp.items()}
+                if request.method == "POST":
+                    name, dtype = opts.get("name", ""), opts.get("data-type", "")
+                    if not name or not dtype:
+                        raise _HTTPError(400, "each part needs name and data-type")
+                    if FORBIDDEN_NAME_CHARS & set(name + dtype):
+                        raise _HTTPError(400, "forbidden character in name or data-type")
+                    if name in names:
+                        raise _HTTPError(409, f"data named {name!r} already exists")
+                    names.add(name)
+                    out.append(_Item(str(uuid.uuid4()), domain_id, name, dtype, part["data"], now, now))
+                else:
+                    item_id = opts.get("id") or opts.get("name", "")
+                    existing = items.get(item_id)
+                    if existing is None:
+                        raise _HTTPError(404, f"data {item_id} not found")
+                    dtype = opts.get("data-type", existing.data_type)
+                    out.append(
+                        _Item(existing.id, domain_id, existing.name, dtype, part["data"], existing.created_at, now)
+                    )
+            for item in out:
+                items[item.id] = item
+        self.uploads += 1
+        return JSONResponse({"data": [i.meta() for i in out]})
+
+
+# --------------------------------------------------------------------------- #
+# Standalone demo
+# --------------------------------------------------------------------------- #
+
+
+def _demo_images(n: int = 8) -> list[tuple[str, str, bytes]]:
+    from PIL import Image, ImageDraw
+
+    colours = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 180, 30), (150, 60, 170), (30, 170, 170),
+               (240, 120, 20), (90, 90, 90)]
+    out = []
+    for i in range(n):
+        colour = colours[i % len(colours)]
+        img = Image.new("RGB", (320, 240), colour)
+        draw = ImageDraw.Draw(img)
+        draw.rectangle((20 + 30 * i, 60, 80 + 30 * i, 180), fill=(255, 255, 255))
+        draw.text((10, 10), f"demo frame {i + 1}", fill=(0, 0, 0))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        out.append((f"photo_20250810_1654{i * 5:02d}", "jpg", buf.getvalue()))
+    return out
+
+
+def _dir_images(seed_dir: Path) -> list[tuple[str, str, bytes]]:
+    out = []
+    for path in sorted(seed_dir.iterdir()):
+        ext = path.suffix.lower().lstrip(".")
+        if not path.is_file() or ext not in ("jpg", "jpeg", "png"):
+            continue
+        name = "".join("_" if c in FORBIDDEN_NAME_CHARS else c for c in path.stem)
+        out.append((name, ext, path.read_bytes()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Fake posemesh (Auki API + DDS + domain server) for demos")
+    ap.add_argument("--port", type=int, default=8090)
+    ap.add_argument("--seed-dir", type=Path, help="load jpg/png files from this directory")
+    ap.add_argument("--demo", action="store_true", help="seed generated demo JPEGs when no --seed-dir")
+    ap.add_argument("--domain-id", default=DEMO_DOMAIN_ID)
+    ap.add_argument("--email", default=DEMO_EMAIL)
+    ap.add_argument("--password", default=DEMO_PASSWORD)
+    ap.add_argument("--token-ttl", type=int, default=3600)
+    args = ap.parse_args(argv)
+
+    fake = FakePosemesh(email=args.email, password=args.password, token_ttl=args.token_ttl, port=args.port)
+    domain_id = fake.add_domain(args.domain_id)
+    if args.seed_dir:
+        images = _dir_images(args.seed_dir)
+    elif args.demo:
+        images = _demo_images()
+    else:
+        images = []
+    for name, dtype, data in images:
+        fake.add_item(domain_id, name, data, data_type=dtype)
+    fake.start()
+    print(f"fake posemesh on {fake.base_url} with {len(images)} items in domain {domain_id}")
+    print("use:")
+    print(f"  export API_URL={fake.api_url}")
+    print(f"  export DDS_URL={fake.dds_url}")
+    print(f"  export POSEMESH_EMAIL={fake.email}")
+    print(f"  export POSEMESH_PASSWORD={fake.password}")
+    print(f"  DOMAIN_ID={domain_id}")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The job queue through a real PostgreSQL."""
+
+import asyncio
+import uuid
+
+import pytest
+
+from server.errors import BadInput, Conflict, NotFound
+from server.store import JOBS_READY_CHANNEL, JOB_EVENTS_CHANNEL, JobStore
+
+TYPES = ["task_timing_v1", "vlm_only"]
+
+
+async def create(store, **kw):
+    args = dict(job_type="vlm_only", domain_id="d", query={"ids": []}, input={"vlm_prompt": "p"})
+    args.update(kw)
+    job, _ = await store.create_job(**args)
+    return job
+
+
+async def test_lifecycle_records_every_status(store):
+    job = await create(store)
+    assert job["status"] == "pending" and job["attempts"] == 0
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    assert claim.id == job["id"] and claim.attempt == 1
+    assert (await store.advance_job(claim, "completing"))["status"] == "completing"
+    assert (await store.advance_job(claim, "uploading"))["status"] == "uploading"
+    done = await store.finish_job(claim, "completed", output={"responses": []})
+    assert done["status"] == "completed" and done["output"] == {"responses": []}
+    assert done["worker_id"] is None and done["lease_until"] is None
+    events = [e["status"] for e in await store.job_events(job["id"])]
+    assert events == ["pending", "running", "completing", "uploading", "completed"]
+
+
+async def test_claim_takes_only_due_jobs_of_known_types(store):
+    await create(store, job_type="other_type")
+    assert await store.claim_job("w1", TYPES, lease=30) is None
+    job = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    await store.finish_job(claim, "pending", error={"code": "x", "message": "later"}, retry_in=60)
+    assert await store.claim_job("w1", TYPES, lease=30) is None
+    assert (await store.get_job(str(job["id"])))["run_after"] > job["run_after"]
+
+
+async def test_priority_then_age(store):
+    low = await create(store)
+    high = await create(store, priority=5)
+    first = await store.claim_job("w", TYPES, lease=30)
+    second = await store.claim_job("w", TYPES, lease=30)
+    assert [first.id, second.id] == [high["id"], low["id"]]
+
+
+async def test_concurrent_claimers_never_share_a_job(database_url):
+    seed = JobStore(database_url)
+    await seed.open()
+    for _ in range(200):
+        await create(seed)
+    stores = [JobStore(database_url, max_size=2) for _ in range(8)]
+    for s in stores:
+        await s.open()
+    taken: list[uuid.UUID] = []
+
+    async def drain(s: JobStore, name: str):
+        while claim := await s.claim_job(name, TYPES, lease=30):
+            taken.append(claim.id)
+            await s.finish_job(claim, "completed", output={})
+
+    await asyncio.gather(*(drain(s, f"w{i}") for i, s in enumerate(stores)))
+    assert len(taken) == 200 and len(set(taken)) == 200
+    assert await seed.count_by_status() == {"completed": 200}
+    for s in stores + [seed]:
+        await s.close()
+
+
+async def test_lost_claim_cannot_write(store):
+    await create(store, max_attempts=3)
+    stale = await store.claim_job("w1", TYPES, lease=0.05)
+    await asyncio.sleep(0.1)
+    rescued = await store.rescue_jobs()
+    assert [r["status"] for r in rescued] == ["pending"]
+    fresh = await store.claim_job("w2", TYPES, lease=30)
+    assert fresh.id == stale.id and fresh.attempt == 2
+    # The first worker wakes up: its renewals and results are refused.
+    assert await store.renew_lease(stale, 30) is None
+    assert await store.finish_job(stale, "completed", output={"late": True}) is None
+    assert await store.advance_job(stale, "completing") is None
+    done = await store.finish_job(fresh, "completed", output={"ok": True})
+    assert done["output"] == {"ok": True}
+
+
+async def test_rescue_fails_a_job_out_of_attempts(store):
+    job = await create(store, max_attempts=1)
+    await store.claim_job("w1", TYPES, lease=0.01)
+    await asyncio.sleep(0.05)
+    await store.rescue_jobs()
+    failed = await store.get_job(str(job["id"]))
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "lease_expired"
+
+
+async def test_renewal_keeps_a_job(store):
+    await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=0.2)
+    for _ in range(3):
+        await asyncio.sleep(0.1)
+        assert await store.renew_lease(claim, 0.2) == "running"
+        assert await store.rescue_jobs() == []
+
+
+async def test_cancel_pending_and_running(store):
+    pending = await create(store)
+    assert (await store.cancel_job(str(pending["id"])))["status"] == "cancelled"
+    running = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    assert claim.id == running["id"]
+    assert (await store.cancel_job(str(running["id"])))["status"] == "cancelling"
+    assert (await store.cancel_job(str(running["id"])))["status"] == "cancelling"  # idempotent
+    assert await store.renew_lease(claim, 30) == "cancelling"
+    # A failure or retry of a job asked to stop ends as cancelled.
+    ended = await store.finish_job(claim, "pending", error={"code": "cancelled", "message": "stop"})
+    assert ended["status"] == "cancelled"
+
+
+async def test_cancel_finished_job_is_refused(store):
+    job = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    await store.finish_job(claim, "completed", output={})
+    with pytest.raises(Conflict, match="completed"):
+        await store.cancel_job(str(job["id"]))
+
+
+async def test_retry_rules(store):
+    job = await create(store)
+    with pytest.raises(Conflict, match="pending"):
+        await store.retry_job(str(job["id"]), job_type="vlm_only", input={})
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    with pytest.raises(Conflict, match="running"):
+        await store.retry_job(str(job["id"]), job_type="vlm_only", input={})
+    await store.finish_job(claim, "failed", error={"code": "x", "message": "boom"})
+    with pytest.raises(BadInput, match="vlm_only job"):
+        await store.retry_job(str(job["id"]), job_type="task_timing_v1", input={})
+    again = await store.retry_job(str(job["id"]), job_type="vlm_only", input={"vlm_prompt": "new"})
+    assert again["status"] == "pending" and again["attempts"] == 0
+    assert again["input"] == {"vlm_prompt": "new"} and again["error"] is None
+    with pytest.raises(NotFound):
+        await store.retry_job(str(uuid.uuid4()), job_type="vlm_only", input={})
+
+
+async def test_idempotency_key_returns_the_first_job(store):
+    first, created = await store.create_job(
+        job_type="vlm_only", domain_id="d", query={}, input={"a": 1}, idempotency_key="k1"
+    )
+    again, created_again = await store.create_job(
+        job_type="vlm_only", domain_id="d", query={}, input={"a": 2}, idempotency_key="k1"
+    )
+    assert created and not created_again and again["id"] == first["id"]
+    with pytest.raises(Conflict, match="idempotency key"):
+        await store.create_job(job_type="task_timing_v1", domain_id="d", query={}, input={}, idempotency_key="k1")
+    assert len(await store.list_jobs()) == 1
+
+
+async def test_list_filters_and_bounds(store):
+    a = await create(store)
+    b = await create(store, job_type="task_timing_v1")
+    await store.cancel_job(str(a["id"]))
+    assert [j["id"] for j in await store.list_jobs()] == [b["id"], a["id"]]
+    assert [j["id"] for j in await store.list_jobs(status="cancelled")] == [a["id"]]
+    assert [j["id"] for j in await store.list_jobs(job_type="task_timing_v1")] == [b["id"]]
+    assert [j["id"] for j in await store.list_jobs(limit=1, offset=1)] == [a["id"]]
+    assert await store.list_jobs(job_type="'; DROP TABLE jobs; --") == []
+    for kwargs in ({"limit": 0}, {"limit": 10**6}, {"offset": -1}, {"offset": 10**12}, {"status": "done"}):
+        with pytest.raises(BadInput):
+            await store.list_jobs(**kwargs)
+    assert len(await store.list_jobs()) == 2
+
+
+async def test_unknown_and_malformed_ids(store):
+    with pytest.raises(NotFound):
+        await store.get_job(str(uuid.uuid4()))
+    with pytest.raises(NotFound):
+        await store.get_job("not-a-uuid")
+    with pytest.raises(NotFound):
+        await store.cancel_job("")
+
+
+async def test_notifications_wake_listeners(store):
+    ready = store.listen(JOBS_READY_CHANNEL)
+    events = store.listen(JOB_EVENTS_CHANNEL)
+    assert await anext(ready) == "" and await anext(events) == ""  # connected
+    job = await create(store)
+    assert await asyncio.wait_for(anext(ready), 5) == "vlm_only"
+    assert await asyncio.wait_for(anext(events), 5) == f"{job['id']} pending"
+    await store.cancel_job(str(job["id"]))
+    assert await asyncio.wait_for(anext(events), 5) == f"{job['id']} cancelled"
+    await ready.aclose()
+    await events.aclose()
+
+
+async def test_migrations_apply_once(store):
+    await store.migrate()
+    await store.migrate()
+    await create(store)
+    assert len(await store.list_jobs()) == 1
