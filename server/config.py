@@ -71,6 +71,7 @@ class Settings:
     ollama_timeout: float = 120.0  # seconds per request
     image_max_side: int = 1024  # pixels; the models see no more than this
     caption_slots: int = 4  # images captioned at once within one job
+    job_max_images: int = 1000  # images one job may take
     worker_jobs: int = 1  # jobs one worker runs at once
     job_lease: float = 30.0  # seconds a claim lasts without renewal
     job_max_attempts: int = 5

@@ -29,7 +29,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -646,7 +646,3 @@ def _status_error(server: str, status: int, body: str, domain_id: str | None) ->
     if status == 401:
         return PeerRefused(f"{server} refused our token (401){where}{detail}", code="auth_failed")
     return PeerRefused(f"{server} answered {status}{where}{detail}")
-
-
-def _ids(items: Sequence[DataItem]) -> list[str]:  # small convenience for callers/logging
-    return [i.id for i in items]

@@ -1,0 +1,101 @@
+"""Images go through Pillow once: checked, turned upright, scaled down, re-encoded.
+
+`prepare_image` is pure and CPU-bound; async callers run it in a thread
+(`await asyncio.to_thread(prepare_image, data)`).
+"""
+
+import io
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from PIL import ExifTags, Image, ImageOps
+
+from server.errors import BadInput
+
+MAX_SIDE = 1024  # pixels, longest side sent to the model
+MAX_BYTES = 20 * 1024 * 1024  # bytes of encoded input
+MAX_PIXELS = 40_000_000  # width * height of the decoded input
+JPEG_QUALITY = 85
+EXIF_DATETIME_FORMAT = "%Y:%m:%d %H:%M:%S"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    jpeg: bytes
+    width: int
+    height: int
+    taken_at: datetime | None  # EXIF DateTimeOriginal, tz-aware (UTC unless EXIF gives an offset)
+
+
+def prepare_image(
+    data: bytes,
+    *,
+    max_side: int = MAX_SIDE,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+) -> PreparedImage:
+    """Decode `data`, turn it upright by EXIF, shrink it to `max_side` and re-encode it as JPEG.
+
+    Raises BadInput for empty, oversized, undecodable or decompression-bomb input.
+    """
+    if not data:
+        raise BadInput("empty image")
+    if len(data) > max_bytes:
+        raise BadInput(f"image too big: {len(data)} bytes (limit {max_bytes})")
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own, global limit struck before ours; its message carries the pixel count.
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadInput(f"image too large: {pixels[1] if pixels else 'too many'} pixels (limit {max_pixels})") from None
+    except Exception:
+        raise BadInput("not an image") from None
+
+    with image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise BadInput(f"image too large: {width}x{height} pixels (limit {max_pixels})")
+        image.draft("RGB", (max_side, max_side))  # JPEG only: decode at a reduced scale when possible
+        try:
+            image.load()
+        except Exception:
+            raise BadInput("not an image: the file is truncated or corrupt") from None
+        taken_at = _taken_at(image)
+        upright = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(upright)
+        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        rgb.save(out, "JPEG", quality=JPEG_QUALITY)
+    return PreparedImage(jpeg=out.getvalue(), width=rgb.width, height=rgb.height, taken_at=taken_at)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency laid over white (not the black that a plain convert gives)."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _taken_at(image: Image.Image) -> datetime | None:
+    """EXIF DateTimeOriginal (with OffsetTimeOriginal when present, else UTC), or None."""
+    try:
+        exif = image.getexif().get_ifd(ExifTags.IFD.Exif)
+        raw = exif.get(ExifTags.Base.DateTimeOriginal)
+        if not isinstance(raw, str):
+            return None
+        taken = datetime.strptime(raw.strip("\x00 "), EXIF_DATETIME_FORMAT)
+        return taken.replace(tzinfo=_exif_offset(exif.get(ExifTags.Base.OffsetTimeOriginal)))
+    except Exception:  # absent or malformed EXIF is common and never fatal
+        return None
+
+
+def _exif_offset(raw: object) -> timezone:
+    match = re.fullmatch(r"([+-])(\d\d):(\d\d)", raw.strip("\x00 ")) if isinstance(raw, str) else None
+    if not match:
+        return timezone.utc
+    sign = 1 if match[1] == "+" else -1
+    return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))

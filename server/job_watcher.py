@@ -1,0 +1,51 @@
+"""Fans the store's status notifications out to WatchJob streams: one LISTEN
+connection per server process, however many watchers."""
+
+import asyncio
+import logging
+import uuid
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
+
+from server.store import JOB_EVENTS_CHANNEL, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobWatcher:
+    def __init__(self, store: JobStore):
+        self.store = store
+        self._subscribers: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="job-watcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        async for payload in self.store.listen(JOB_EVENTS_CHANNEL):
+            if not payload:  # (re)connected: changes may have been missed
+                for events in self._subscribers.values():
+                    for event in events:
+                        event.set()
+                continue
+            job_id, _, _status = payload.partition(" ")
+            for event in self._subscribers.get(uuid.UUID(job_id), ()):
+                event.set()
+
+    @contextmanager
+    def subscribe(self, job_id: uuid.UUID) -> Iterator[asyncio.Event]:
+        """An event set whenever the job may have changed."""
+        event = asyncio.Event()
+        self._subscribers[job_id].add(event)
+        try:
+            yield event
+        finally:
+            self._subscribers[job_id].discard(event)
+            if not self._subscribers[job_id]:
+                del self._subscribers[job_id]

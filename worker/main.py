@@ -1,0 +1,46 @@
+"""`python -m worker.main`: a worker process."""
+
+import asyncio
+import signal
+import sys
+
+from server import logs
+from server.config import ConfigError, Settings
+
+
+async def _run(settings: Settings) -> None:
+    from server.peers import check_ollama, domain_client, ollama_engine
+    from server.store import JobStore
+    from worker.pipelines import Peers
+    from worker.runner import Worker
+
+    store = JobStore(settings.postgres_url, max_size=4)
+    await store.open()
+    peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
+    await check_ollama(peers.engine, settings)
+    worker = Worker(store, peers)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await peers.engine.aclose()
+        if peers.domain is not None:
+            await peers.domain.aclose()
+        await store.close()
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+        if not settings.postgres_url:
+            raise ConfigError("POSTGRES_URL is required (or use `make run`, which starts a private PostgreSQL)")
+    except ConfigError as exc:
+        sys.exit(f"vlm-node-worker: {exc}")
+    logs.setup(settings.log_level)
+    asyncio.run(_run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Takes back jobs whose worker stopped renewing its lease (it died, or lost
+the database), so another worker runs them."""
+
+import asyncio
+import logging
+
+import psycopg
+import psycopg_pool
+
+from server.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+class JobRescuer:
+    def __init__(self, store: JobStore, *, interval: float):
+        self.store = store
+        self.interval = interval  # seconds between sweeps
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="job-rescuer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                for row in await self.store.rescue_jobs():
+                    log.warning("job %s: lease expired; now %s", row["id"], row["status"])
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                log.warning("rescuer cannot reach the database: %s", exc)

@@ -1,0 +1,224 @@
+"""The worker: claims jobs, runs their pipeline under a renewed lease, and
+records how each attempt ended."""
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import psycopg
+import psycopg_pool
+
+from server.errors import NodeError
+from server.retry import RetryStrategy
+from server.store import JOBS_READY_CHANNEL, Claim, JobStore
+from worker.pipelines import PIPELINES, Peers
+from worker.rescuer import JobRescuer
+from worker.webhook import deliver
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 5.0  # seconds; a safety net, since notifications wake us first
+DB_ERROR_PAUSE = 1.0  # seconds to wait after the database failed us
+STOP_GRACE = 30.0  # seconds running jobs get to finish on SIGTERM before being handed back
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class _Context:
+    def __init__(self, store: JobStore, claim: Claim):
+        self.store = store
+        self.claim = claim
+        self.job = claim.job
+
+    async def advance(self, status: str) -> None:
+        if await self.store.advance_job(self.claim, status) is None:
+            raise JobCancelled()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, store: JobStore, peers: Peers, *, worker_name: str | None = None):
+        self.store = store
+        self.peers = peers
+        self.settings = peers.settings
+        self.id = worker_name or worker_id()
+        self.job_types = list(PIPELINES)
+        self.retry = RetryStrategy(max_attempts=self.settings.job_max_attempts, wait=self.settings.job_retry_wait)
+        self.webhook_retry = RetryStrategy(max_attempts=self.settings.webhook_attempts, wait=1.0, max_wait=30.0)
+        self.http = httpx.AsyncClient()
+        self.rescuer = JobRescuer(store, interval=max(self.settings.job_lease / 2, 0.05))
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[uuid.UUID, asyncio.Task] = {}
+
+    async def run(self) -> None:
+        """Runs until `stop()`; then waits for the jobs in hand."""
+        listener = asyncio.create_task(self._listen(), name="worker-listen")
+        self.rescuer.start()
+        slots = asyncio.Semaphore(self.settings.worker_jobs)
+        log.info("worker %s ready for %s", self.id, ", ".join(self.job_types))
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                self._wake.clear()
+                claim = await self._claim()
+                if claim is None:
+                    slots.release()
+                    await self._idle()
+                    continue
+                task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.id}")
+                self._running[claim.id] = task
+                task.add_done_callback(lambda _t, jid=claim.id: (self._running.pop(jid, None), slots.release()))
+        finally:
+            listener.cancel()
+            await self.rescuer.stop()
+            await self._drain()
+            await self.http.aclose()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def _claim(self) -> Claim | None:
+        try:
+            claim = await self.store.claim_job(self.id, self.job_types, self.settings.job_lease)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            log.warning("worker %s cannot claim: %s", self.id, exc)
+            await asyncio.sleep(DB_ERROR_PAUSE)
+            return None
+        if claim:
+            wait = (datetime.now(timezone.utc) - claim.job["created_at"]).total_seconds()
+            log.info("job %s claimed by %s (attempt %d, %.3f s after creation)", claim.id, self.id, claim.attempt, wait)
+        return claim
+
+    async def _idle(self) -> None:
+        timeout = POLL_INTERVAL
+        try:
+            due = await self.store.next_run_after(self.job_types)
+            if due is not None:
+                timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.01))
+        except (psycopg.Error, psycopg_pool.PoolTimeout):
+            pass
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _listen(self) -> None:
+        async for _ in self.store.listen(JOBS_READY_CHANNEL):
+            self._wake.set()
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        log.info("worker %s stopping: waiting up to %.0f s for %d job(s)", self.id, STOP_GRACE, len(self._running))
+        done, pending = await asyncio.wait(list(self._running.values()), timeout=STOP_GRACE)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run_job(self, claim: Claim) -> None:
+        ctx = _Context(self.store, claim)
+        pipeline = asyncio.create_task(PIPELINES[claim.job["job_type"]](ctx, self.peers))
+        keeper = asyncio.create_task(self._keep_lease(claim, pipeline))
+        try:
+            output = await pipeline
+        except asyncio.CancelledError:
+            if keeper.done() and keeper.result() == "lost":
+                log.warning("job %s: claim lost; dropping this attempt", claim.id)
+                return
+            if keeper.done() and keeper.result() == "cancelling":
+                await self._finish(claim, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+                return
+            # The worker itself is stopping: hand the job back for another worker.
+            await asyncio.shield(
+                self._finish(claim, "pending", error={"code": "worker_stopped", "message": f"worker {self.id} stopped"})
+            )
+            raise
+        except JobCancelled:
+            await self._finish(claim, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+            return
+        except Exception as exc:
+            await self._failed(claim, exc)
+            return
+        finally:
+            keeper.cancel()
+        await self._completed(claim, output)
+
+    async def _keep_lease(self, claim: Claim, pipeline: asyncio.Task) -> str:
+        """Renews the lease until the pipeline ends; cancels it when the job
+        is to stop or the claim was lost."""
+        while True:
+            await asyncio.sleep(self.settings.job_lease / 3)
+            try:
+                status = await self.store.renew_lease(claim, self.settings.job_lease)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                log.warning("job %s: cannot renew the lease: %s", claim.id, exc)
+                continue
+            if status is None or status == "cancelling":
+                pipeline.cancel()
+                return "lost" if status is None else "cancelling"
+
+    async def _completed(self, claim: Claim, output: dict[str, Any]) -> None:
+        url = claim.job["input"].get("webhook_url") or ""
+        if url:
+            if await self.store.advance_job(claim, "uploading") is None:
+                await self._finish(claim, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+                return
+            try:
+                await self._deliver(url, claim, data=output, error=None)
+            except NodeError as exc:
+                await self._finish(claim, "failed", output=output, error={"code": exc.code, "message": exc.message})
+                return
+        await self._finish(claim, "completed", output=output)
+
+    async def _failed(self, claim: Claim, exc: Exception) -> None:
+        if isinstance(exc, NodeError):
+            error, transient = {"code": exc.code, "message": exc.message}, exc.transient
+        elif isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+            error, transient = {"code": "database_unavailable", "message": str(exc)}, True
+        else:
+            log.exception("job %s: unexpected error", claim.id, exc_info=exc)
+            error, transient = {"code": "internal", "message": f"internal error: {type(exc).__name__}"}, False
+        if transient and claim.attempt < claim.job["max_attempts"]:
+            delay = self.retry.delay(claim.attempt)
+            log.warning("job %s: attempt %d failed (%s); retrying in %.1f s", claim.id, claim.attempt, error["message"], delay)
+            await self._finish(claim, "pending", error=error, retry_in=delay)
+            return
+        log.warning("job %s failed: %s", claim.id, error["message"])
+        row = await self._finish(claim, "failed", error=error)
+        url = claim.job["input"].get("webhook_url") or ""
+        if row is not None and url:
+            try:
+                await self._deliver(url, claim, data=None, error=error)
+            except NodeError as exc:
+                log.warning("job %s: could not report the failure to its webhook: %s", claim.id, exc.message)
+
+    async def _deliver(self, url: str, claim: Claim, *, data: dict | None, error: dict | None) -> None:
+        await deliver(
+            self.http,
+            url,
+            job_id=str(claim.id),
+            data=data,
+            error=error,
+            secret=self.settings.webhook_secret or None,
+            retry=self.webhook_retry,
+        )
+
+    async def _finish(self, claim: Claim, status: str, **kw: Any) -> dict[str, Any] | None:
+        row = await self.store.finish_job(claim, status, **kw)
+        if row is None:
+            log.warning("job %s: claim lost before the result was saved; dropping it", claim.id)
+        else:
+            log.info("job %s %s", claim.id, row["status"])
+        return row
