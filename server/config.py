@@ -73,6 +73,7 @@ class Settings:
     caption_slots: int = 4  # images captioned at once within one job
     job_max_images: int = 1000  # images one job may take
     worker_jobs: int = 1  # jobs one worker runs at once
+    workers: int = 1  # worker processes `python -m server.node` starts
     job_lease: float = 30.0  # seconds a claim lasts without renewal
     job_max_attempts: int = 5
     job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time

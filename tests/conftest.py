@@ -64,3 +64,101 @@ async def store(database_url):
     await s.open()
     yield s
     await s.close()
+
+
+# Peers: small real HTTP servers speaking the real protocols.
+
+DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
+COLOURS = ["white", "red", "red", "blue", "red", "green"]
+
+
+@pytest.fixture
+def fake_ollama():
+    from tests.peers.fake_ollama import FakeOllama
+
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+def posemesh():
+    """A posemesh with one domain of six photos, one a minute, named as
+    glasses apps name them so their time comes from the name."""
+    from tests.images import solid_jpeg
+    from tests.peers.fake_posemesh import FakePosemesh
+
+    with FakePosemesh() as server:
+        server.add_domain(DOMAIN_ID)
+        for minute, colour in enumerate(COLOURS):
+            server.add_item(DOMAIN_ID, f"photo_req_{minute}_20250810_16{40 + minute:02d}00", solid_jpeg(colour))
+        yield server
+
+
+@pytest.fixture
+def webhook():
+    from tests.peers.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver(secret="s3cret") as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def settings(database_url, fake_ollama, posemesh):
+    from server.config import Settings
+
+    return Settings(
+        postgres_url=database_url,
+        ollama_host=fake_ollama.url,
+        api_url=posemesh.api_url,
+        dds_url=posemesh.dds_url,
+        posemesh_email=posemesh.email,
+        posemesh_password=posemesh.password,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        job_lease=2.0,
+        job_retry_wait=0.05,
+        webhook_secret="s3cret",
+        webhook_attempts=3,
+    )
+
+
+@pytest.fixture
+async def node(settings):
+    """The gRPC server, started in this test's event loop."""
+    from server.grpc_server import NodeServer
+
+    server = NodeServer(settings)
+    await server.start()
+    yield server
+    await server.stop(grace=1)
+
+
+@pytest.fixture
+async def jobs(node):
+    import grpc
+    from vlmnode.v1 import jobs_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        yield jobs_pb2_grpc.JobServiceStub(channel)
+
+
+@pytest.fixture
+async def worker(settings):
+    """A worker running in this test's event loop; stopped after the test."""
+    import asyncio
+
+    from server.peers import domain_client, ollama_engine
+    from worker.pipelines import Peers
+    from worker.runner import Worker
+
+    store = JobStore(settings.postgres_url, max_size=4)
+    await store.open()
+    peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
+    w = Worker(store, peers, worker_name="test-worker")
+    task = asyncio.create_task(w.run())
+    yield w
+    w.stop()
+    await asyncio.wait_for(task, 10)
+    await peers.engine.aclose()
+    await peers.domain.aclose()
+    await store.close()

@@ -1,0 +1,39 @@
+# The two commands: `make run` runs the node, `make test` runs the tests.
+# Both set up the virtual environment from the project's own files first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run demo test check bench generate clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m server.node
+
+demo: $(STAMP)
+	$(PY) -m scripts.demo
+
+generate: $(STAMP)
+	scripts/generate.sh
+
+check: $(STAMP)
+	scripts/generate.sh --check
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code
+
+test: check
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/queue.py
+	$(PY) bench/task_timing.py
+
+clean:
+	rm -rf $(VENV) .vlmnode-data
