@@ -27,6 +27,9 @@ DB_ERROR_PAUSE = 1.0  # seconds to wait after the database failed us
 STOP_GRACE = 30.0  # seconds running jobs get to finish on SIGTERM before being handed back
 
 
+CANCELLED = {"code": "cancelled", "message": "cancelled by request"}
+
+
 class JobCancelled(Exception):
     pass
 
@@ -128,35 +131,37 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run_job(self, claim: Claim) -> None:
-        ctx = _Context(self.store, claim)
-        pipeline = asyncio.create_task(PIPELINES[claim.job["job_type"]](ctx, self.peers))
-        keeper = asyncio.create_task(self._keep_lease(claim, pipeline))
+        work = asyncio.create_task(self._attempt(claim))
+        keeper = asyncio.create_task(self._keep_lease(claim, work))
         try:
-            output = await pipeline
+            await work
         except asyncio.CancelledError:
-            if keeper.done() and keeper.result() == "lost":
+            reason = keeper.result() if keeper.done() else None
+            if reason == "lost":
                 log.warning("job %s: claim lost; dropping this attempt", claim.id)
-                return
-            if keeper.done() and keeper.result() == "cancelling":
-                await self._finish(claim, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
-                return
-            # The worker itself is stopping: hand the job back for another worker.
-            await asyncio.shield(
-                self._finish(claim, "pending", error={"code": "worker_stopped", "message": f"worker {self.id} stopped"})
-            )
-            raise
-        except JobCancelled:
-            await self._finish(claim, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
-            return
-        except Exception as exc:
-            await self._failed(claim, exc)
-            return
+            elif reason == "cancelling":
+                await self._finish(claim, "cancelled", error=CANCELLED)
+            else:  # the worker itself is stopping: hand the job back
+                stopped = {"code": "worker_stopped", "message": f"worker {self.id} stopped"}
+                await asyncio.shield(self._finish(claim, "pending", error=stopped))
+                raise
         finally:
             keeper.cancel()
-        await self._completed(claim, output)
 
-    async def _keep_lease(self, claim: Claim, pipeline: asyncio.Task) -> str:
-        """Renews the lease until the pipeline ends; cancels it when the job
+    async def _attempt(self, claim: Claim) -> None:
+        """Runs the pipeline and records the outcome, webhook included, all
+        under the lease."""
+        try:
+            output = await PIPELINES[claim.job["job_type"]](_Context(self.store, claim), self.peers)
+        except JobCancelled:
+            await self._finish(claim, "cancelled", error=CANCELLED)
+        except Exception as exc:
+            await self._failed(claim, exc)
+        else:
+            await self._completed(claim, output)
+
+    async def _keep_lease(self, claim: Claim, work: asyncio.Task) -> str:
+        """Renews the lease while the attempt runs; cancels it when the job
         is to stop or the claim was lost."""
         while True:
             await asyncio.sleep(self.settings.job_lease / 3)
@@ -166,14 +171,14 @@ class Worker:
                 log.warning("job %s: cannot renew the lease: %s", claim.id, exc)
                 continue
             if status is None or status == "cancelling":
-                pipeline.cancel()
+                work.cancel()
                 return "lost" if status is None else "cancelling"
 
     async def _completed(self, claim: Claim, output: dict[str, Any]) -> None:
         url = claim.job["input"].get("webhook_url") or ""
         if url:
             if await self.store.advance_job(claim, "uploading") is None:
-                await self._finish(claim, "cancelled", error={"code": "cancelled", "message": "cancelled by request"})
+                await self._finish(claim, "cancelled", error=CANCELLED)
                 return
             try:
                 await self._deliver(url, claim, data=output, error=None)

@@ -1,0 +1,153 @@
+"""Jobs end to end: created over gRPC, run by a worker against the fake
+Ollama and posemesh, delivered to a webhook."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+
+import grpc
+from vlmnode.v1 import jobs_pb2
+
+from tests.conftest import COLOURS, DOMAIN_ID
+from tests.images import solid_jpeg
+from tests.test_job_service import INPUT, create_request, struct
+
+FINAL = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
+
+
+async def wait_final(jobs, job_id: str, timeout: float = 20) -> jobs_pb2.Job:
+    async def watch():
+        async for event in jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job_id)):
+            if event.job.status in FINAL:
+                return event.job
+
+    return await asyncio.wait_for(watch(), timeout)
+
+
+def as_dict(message) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(message)
+
+
+async def test_task_timing_finds_start_and_end(jobs, worker, webhook, posemesh, fake_ollama):
+    request = create_request(input=struct({**INPUT, "webhook_url": webhook.url}))
+    job = (await jobs.CreateJob(request)).job
+    done = await wait_final(jobs, job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    output = as_dict(done.output)
+    # The six photos, in capture order, each captioned from its own pixels.
+    timeline = output["timeline"]
+    assert [row["caption"] for row in timeline] == [f"a 64x48 image, mostly {c}" for c in COLOURS]
+    assert [row["timestamp"] for row in timeline][:2] == ["2025-08-10T16:40:00Z", "2025-08-10T16:41:00Z"]
+    assert output["logs"].splitlines()[0] == "id,timestamp,event"
+    assert len(output["logs"].splitlines()) == 7
+    # "red" is in the prompt: the fake LLM marks the first and last red photos.
+    task = output["task"]
+    assert task["start"]["image_id"] == timeline[1]["image_id"]
+    assert task["end"]["image_id"] == timeline[4]["image_id"]
+    assert task["start"]["timestamp"] == "2025-08-10T16:41:00Z"
+    assert output["temporal_output"]["start"]["image_id"] == timeline[1]["image_id"]
+    # The LLM was asked with the JSON schema, the VLM once per image.
+    llm_calls = [r for r in fake_ollama.requests if r.get("format")]
+    assert len(llm_calls) == 1 and llm_calls[0]["model"] == "llama3:latest"
+    assert sum(1 for r in fake_ollama.requests if r.get("images")) == 6
+    # Delivered once, signed.
+    [delivery] = webhook.wait_for(1)
+    assert delivery.json["job_id"] == job.id and delivery.json["error"] is None
+    assert delivery.json["data"]["task"] == task
+    assert delivery.headers["idempotency-key"] == job.id
+    ts = delivery.headers["x-vlm-timestamp"]
+    expected = hmac.new(b"s3cret", f"{ts}.".encode() + delivery.body, hashlib.sha256).hexdigest()
+    assert delivery.headers["x-vlm-signature"] == f"sha256={expected}"
+    statuses = [s for s in (await worker.store.job_events(done_id(done)))]
+    assert [e["status"] for e in statuses] == ["pending", "running", "completing", "uploading", "completed"]
+
+
+def done_id(job):
+    import uuid
+
+    return uuid.UUID(job.id)
+
+
+async def test_vlm_only_returns_responses(jobs, worker, posemesh):
+    ids = [item["id"] for item in posemesh.items(DOMAIN_ID)][:3]
+    request = create_request(
+        job_type="vlm_only", query=struct({"ids": ids}), input=struct({"vlm_prompt": "What colour?"})
+    )
+    done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    responses = as_dict(done.output)["responses"]
+    assert sorted(r["image_id"] for r in responses) == sorted(ids)
+    assert all(r["response"].startswith("a 64x48 image, mostly") for r in responses)
+
+
+async def test_unreadable_images_are_skipped(jobs, worker, posemesh):
+    bad_id = posemesh.add_item(DOMAIN_ID, "photo_broken_20250810_170000", b"not a jpeg at all")
+    done = await wait_final(jobs, (await jobs.CreateJob(create_request())).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    skipped = as_dict(done.output)["skipped"]
+    assert [s["image_id"] for s in skipped] == [bad_id] and "not an image" in skipped[0]["reason"]
+
+
+async def test_only_unreadable_images_fail_the_job_at_once(jobs, worker, posemesh):
+    bad_id = posemesh.add_item(DOMAIN_ID, "photo_broken_20250810_170000", b"\xff\xd8\xff garbage")
+    request = create_request(query=struct({"ids": [bad_id]}))
+    done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED
+    assert done.error.code == "no_images" and done.attempts == 1
+
+
+async def test_ollama_down_retries_then_fails(jobs, worker, fake_ollama, webhook):
+    fake_ollama.stop()
+    request = create_request(max_attempts=3, input=struct({**INPUT, "webhook_url": webhook.url}))
+    done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED
+    assert done.attempts == 3
+    assert done.error.code == "peer_unavailable" and "Ollama" in done.error.message
+    [delivery] = webhook.wait_for(1)
+    assert delivery.json["data"] is None and delivery.json["error"]["code"] == "peer_unavailable"
+
+
+async def test_transient_ollama_errors_are_retried(jobs, worker, fake_ollama):
+    fake_ollama.mode = "error"
+    job = (await jobs.CreateJob(create_request())).job
+    await asyncio.sleep(0.3)
+    fake_ollama.mode = "ok"
+    done = await wait_final(jobs, job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED
+    assert done.attempts >= 2
+
+
+async def test_webhook_refusing_fails_the_job_but_keeps_the_output(jobs, worker, webhook):
+    webhook.mode = "down"
+    request = create_request(input=struct({**INPUT, "webhook_url": webhook.url}))
+    done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id, timeout=30)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED
+    assert done.error.code == "webhook_failed"
+    assert "task" in as_dict(done.output)
+
+
+async def test_cancel_a_running_job(jobs, worker, fake_ollama):
+    fake_ollama.latency = 1.0
+    job = (await jobs.CreateJob(create_request())).job
+    stream = jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job.id))
+    async for event in stream:
+        if event.job.status == jobs_pb2.JOB_STATUS_RUNNING:
+            break
+    cancelled = (await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job.id))).job
+    assert cancelled.status == jobs_pb2.JOB_STATUS_CANCELLING
+    done = await wait_final(jobs, job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_CANCELLED
+
+
+async def test_retry_runs_a_finished_job_again(jobs, worker):
+    job = (await jobs.CreateJob(create_request())).job
+    await wait_final(jobs, job.id)
+    new_input = {**INPUT, "prompt": "When was the blue box there?"}
+    await jobs.RetryJob(jobs_pb2.RetryJobRequest(id=job.id, job_type="task_timing_v1", input=struct(new_input)))
+    done = await wait_final(jobs, job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED
+    task = as_dict(done.output)["task"]
+    assert task["start"]["image_id"] == task["end"]["image_id"]  # the single blue photo
