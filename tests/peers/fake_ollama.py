@@ -1,10 +1,8 @@
-"""A fake Ollama: a real HTTP server speaking enough of Ollama's API for the
-real `ollama` client (sync and async) to work against it.
-
-Answers are derived from the input so tests can tell them apart: an image is
-described by its size and dominant colour ("a 64x48 image, mostly red"); a
-JSON-schema request (the task-timing LLM call) is answered from the
-`id,timestamp,event` timeline in the prompt.
+"""A fake Ollama: a real HTTP server speaking enough of Ollama's API for the real
+`ollama` client (sync and async). Answers follow the input so tests can tell them
+apart: an image is described by size and dominant colour ("a 64x48 image, mostly
+red"); a JSON-schema request (the task-timing call) is answered from the prompt's
+`id,timestamp,event` timeline.
 
     with FakeOllama(latency=0.1) as fake:
         ollama.Client(fake.url).generate("moondream:1.8b", "what?", images=[jpeg])
@@ -37,14 +35,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 DEFAULT_MODELS = ("moondream:1.8b", "llama3:latest")
-MODES = ("ok", "error", "garbage", "hang")
 HANG_POLL = 0.02  # seconds between checks of a hanging request
 PALETTE = [
     ("red", (255, 0, 0)), ("green", (0, 128, 0)), ("green", (0, 255, 0)),
     ("blue", (0, 0, 255)), ("yellow", (255, 255, 0)), ("orange", (255, 165, 0)),
     ("purple", (128, 0, 128)), ("white", (255, 255, 255)), ("black", (0, 0, 0)),
     ("grey", (128, 128, 128)),
-]  # fmt: skip
+]
 COLOUR_RE = re.compile(r"\b(%s)\b" % "|".join(sorted({n for n, _ in PALETTE})), re.IGNORECASE)
 TIMELINE_HEADER = "id,timestamp,event"
 
@@ -94,10 +91,10 @@ def timing_answer(prompt: str) -> dict:
 
     def point(row: tuple[str, str, str], which: str) -> dict:
         return {"image_id": row[0], "timestamp": row[1], "confidence": 0.9 if colour else 0.5,
-                "reasoning": f"{which} of {span}: {row[2]}"}  # fmt: skip
+                "reasoning": f"{which} of {span}: {row[2]}"}
 
     return {"start": point(chosen[0], "first"), "end": point(chosen[-1], "last"),
-            "reasoning": f"the task spans {span} ({len(chosen)} of {len(rows)} events)"}  # fmt: skip
+            "reasoning": f"the task spans {span} ({len(chosen)} of {len(rows)} events)"}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -136,22 +133,25 @@ class _NDJSON(StreamingResponse):
 
 
 class FakeOllama:
+    """Options: `models` known at start; `latency` (s) before each generate/chat answer; `token_delay`
+    (s) between streamed chunks; `fail_rate` of generate/chat answered HTTP 500 (seeded by `seed`);
+    `pullable` models (None: any). `mode`, settable at any time: "ok", "error" (500 on everything),
+    "garbage" (200, not JSON), "hang" (no answer until stop or another mode).
+    Records: `requests`, `cancelled` streams, `in_flight` and `max_in_flight` generate/chat."""
+
     def __init__(self, models=DEFAULT_MODELS, *, latency: float = 0.0, token_delay: float = 0.0,
                  fail_rate: float = 0.0, seed: int = 0, pullable=None,
-                 host: str = "127.0.0.1", port: int = 0):  # fmt: skip
+                 host: str = "127.0.0.1", port: int = 0):
         self.models = {_full_name(m) for m in models}
         self.pullable = None if pullable is None else {_full_name(m) for m in pullable}  # None: any
         self.latency, self.token_delay, self.fail_rate = latency, token_delay, fail_rate
         self.mode = "ok"
         self.requests: list[dict] = []
-        self.cancelled = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self.cancelled = self.in_flight = self.max_in_flight = 0
         self._rng = random.Random(seed)
         self._host, self._port = host, port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = False
         self.app = Starlette(routes=[
             Route("/api/generate", self._generate, methods=["POST"]),
             Route("/api/chat", self._chat, methods=["POST"]),
@@ -159,7 +159,7 @@ class FakeOllama:
             Route("/api/show", self._show, methods=["POST"]),
             Route("/api/pull", self._pull, methods=["POST"]),
             Route("/api/version", self._version, methods=["GET"]),
-        ])  # fmt: skip
+        ])
 
     # -- lifecycle -------------------------------------------------------------------
     @property
@@ -167,15 +167,17 @@ class FakeOllama:
         return f"http://{self._host}:{self._port}"
 
     def start(self) -> "FakeOllama":
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP, or asyncio skips TCP_NODELAY and each answer waits ~40 ms for a delayed ACK
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._host, self._port))
         self._port = sock.getsockname()[1]
+        self._stopping = False
         config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=1)  # fmt: skip
+                                timeout_graceful_shutdown=1)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="fake-ollama", daemon=True)  # fmt: skip
+                                        name="fake-ollama", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 5
         while not self._server.started:
@@ -235,7 +237,7 @@ class FakeOllama:
         model, options, fmt = body.get("model") or "", body.get("options") or {}, body.get("format")
         stream = body.get("stream", True)
         record = {"path": path, "model": model, "images": len(images_b64), "options": options,
-                  "format": fmt, "stream": stream}  # fmt: skip
+                  "format": fmt, "stream": stream}
         if messages is None:
             record["prompt"] = prompt
         else:
@@ -268,7 +270,7 @@ class FakeOllama:
             final = {"done": True, "done_reason": reason, "total_duration": 1_000_000,
                      "load_duration": 100_000, "prompt_eval_count": len(prompt.split()) + 1,
                      "prompt_eval_duration": 200_000, "eval_count": len(tokens),
-                     "eval_duration": 700_000}  # fmt: skip
+                     "eval_duration": 700_000}
             if not stream:
                 return JSONResponse(self._part(model, messages, "".join(tokens)) | final)
             parts = [self._part(model, messages, t) | {"done": False} for t in tokens]
@@ -313,7 +315,7 @@ class FakeOllama:
         return JSONResponse({"modelfile": f"FROM {name}\n", "parameters": "stop \"<|end|>\"",
                              "template": "{{ .Prompt }}", "details": self._describe_model(name)["details"],
                              "model_info": {"general.architecture": "llama"}, "modified_at": _now(),
-                             "capabilities": ["completion", "vision"]})  # fmt: skip
+                             "capabilities": ["completion", "vision"]})
 
     async def _pull(self, request: Request) -> Response:
         if refusal := await self._misbehaviour():
@@ -331,7 +333,7 @@ class FakeOllama:
                  {"status": f"pulling {digest[7:19]}", "digest": digest, "total": 1000, "completed": 500},
                  {"status": f"pulling {digest[7:19]}", "digest": digest, "total": 1000, "completed": 1000},
                  {"status": "verifying sha256 digest"}, {"status": "writing manifest"},
-                 {"status": "success"}]  # fmt: skip
+                 {"status": "success"}]
         if not body.get("stream", True):
             return JSONResponse({"status": "success"})
         return _NDJSON(steps, self.token_delay)
@@ -344,7 +346,7 @@ class FakeOllama:
         return {"name": name, "model": name, "modified_at": "2024-05-01T10:00:00Z", "size": 1_700_000_000,
                 "digest": "ab" * 32,
                 "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
-                            "parameter_size": "1.8B", "quantization_level": "Q4_0"}}  # fmt: skip
+                            "parameter_size": "1.8B", "quantization_level": "Q4_0"}}
 
 
 def main() -> None:
@@ -360,9 +362,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with FakeOllama(args.model or DEFAULT_MODELS, latency=args.latency, token_delay=args.token_delay,
-                    fail_rate=args.fail_rate, host=args.host, port=args.port) as fake:  # fmt: skip
+                    fail_rate=args.fail_rate, host=args.host, port=args.port) as fake:
         print(f"fake Ollama listening on {fake.url}", flush=True)
-        while not stop.wait(0.5):
+        while not stop.wait(0.1):
             pass
 
 
