@@ -3,6 +3,7 @@ session starts), and a fresh migrated database for every test."""
 
 import os
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -12,7 +13,7 @@ from server.store import JobStore
 
 
 def _with_db(url: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,108 @@
+"""Workers as real processes: killed mid-job, stopped with SIGTERM, and
+several sharing one queue."""
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+from vlmnode.v1 import jobs_pb2
+
+from server.store import JobStore
+from tests.test_job_service import INPUT, create_request, struct
+from tests.test_worker import wait_final
+
+
+def settings_env(settings, **overrides) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "OLLAMA_", "JOB_"))}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value not in ("", None):
+            env[f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def start_worker(settings, **overrides) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.main"], env=settings_env(settings, **overrides))
+
+
+async def wait_for(predicate, timeout: float = 15.0, every: float = 0.05):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := await predicate()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(every)
+    return result
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+async def test_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
+    settings, jobs, webhook, fake_ollama, processes
+):
+    fake_ollama.latency = 0.4
+    first = start_worker(settings, JOB_LEASE=1)
+    processes.append(first)
+    job = (await jobs.CreateJob(create_request(input=struct({**INPUT, "webhook_url": webhook.url})))).job
+
+    async def captioning():
+        current = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job
+        return current.status == jobs_pb2.JOB_STATUS_RUNNING and fake_ollama.in_flight > 0 and current
+
+    held = await wait_for(captioning)
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    processes.append(start_worker(settings, JOB_LEASE=1))
+    done = await wait_final(jobs, job.id, timeout=30)
+
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    assert done.attempts == 2 and done.worker_id == ""
+    store = JobStore(settings.postgres_url, max_size=1)
+    await store.open()
+    events = await store.job_events(uuid.UUID(job.id))
+    await store.close()
+    statuses = [e["status"] for e in events]
+    assert statuses.count("running") == 2 and statuses.count("completed") == 1
+    assert events[statuses.index("running") + 1]["error"]["code"] == "lease_expired"
+    assert held.worker_id
+    await asyncio.sleep(0.5)
+    assert len(webhook.deliveries) == 1
+
+
+async def test_sigterm_lets_the_current_job_finish(settings, jobs, fake_ollama, processes):
+    fake_ollama.latency = 0.3
+    worker = start_worker(settings)
+    processes.append(worker)
+    job = (await jobs.CreateJob(create_request())).job
+
+    async def running():
+        current = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job
+        return current.status == jobs_pb2.JOB_STATUS_RUNNING and fake_ollama.in_flight > 0
+
+    await wait_for(running)
+    worker.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.wait, 20) == 0
+    done = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED
+
+
+async def test_two_workers_share_the_queue_without_doubling(settings, jobs, processes, posemesh):
+    processes.extend(start_worker(settings) for _ in range(2))
+    request = create_request(job_type="vlm_only", input=struct({"vlm_prompt": "What colour?"}))
+    ids = [(await jobs.CreateJob(request)).job.id for _ in range(12)]
+    finished = [await wait_final(jobs, job_id, timeout=40) for job_id in ids]
+    assert all(j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in finished)
+    assert all(j.attempts == 1 for j in finished)
