@@ -32,8 +32,8 @@ test: check
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) bench/queue.py
-	$(PY) bench/task_timing.py
+	$(PY) -m bench.queue
+	$(PY) -m bench.task_timing
 
 clean:
 	rm -rf $(VENV) .vlmnode-data

@@ -203,9 +203,14 @@ class JobStore:
 
     # Jobs as workers see them.
 
+    async def claim_jobs(self, worker_id: str, job_types: list[str], lease: float, limit: int) -> list[Claim]:
+        rows = await self._all("claim_jobs", worker_id=worker_id, job_types=job_types, lease=lease, limit=limit)
+        rows.sort(key=lambda r: (-r["priority"], r["run_after"], r["created_at"]))
+        return [Claim(row, worker_id) for row in rows]
+
     async def claim_job(self, worker_id: str, job_types: list[str], lease: float) -> Claim | None:
-        row = await self._one("claim_job", worker_id=worker_id, job_types=job_types, lease=lease)
-        return Claim(row, worker_id) if row else None
+        claims = await self.claim_jobs(worker_id, job_types, lease, 1)
+        return claims[0] if claims else None
 
     async def next_run_after(self, job_types: list[str]) -> datetime | None:
         row = await self._one("next_run_after", job_types=job_types)

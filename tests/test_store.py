@@ -201,3 +201,11 @@ async def test_migrations_apply_once(store):
     await store.migrate()
     await create(store)
     assert len(await store.list_jobs()) == 1
+
+
+async def test_claim_several_at_once(store):
+    for priority in (0, 2, 1, 0):
+        await create(store, priority=priority)
+    claims = await store.claim_jobs("w1", TYPES, lease=30, limit=3)
+    assert [c.job["priority"] for c in claims] == [2, 1, 0]
+    assert len(await store.claim_jobs("w2", TYPES, lease=30, limit=10)) == 1

@@ -16,7 +16,7 @@ import psycopg_pool
 from server.errors import NodeError
 from server.retry import RetryStrategy
 from server.store import JOBS_READY_CHANNEL, Claim, JobStore
-from worker.pipelines import PIPELINES, Peers
+from worker.pipelines import PIPELINES, Peers, Pipeline
 from worker.rescuer import JobRescuer
 from worker.webhook import deliver
 
@@ -50,38 +50,50 @@ def worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, store: JobStore, peers: Peers, *, worker_name: str | None = None):
+    def __init__(
+        self,
+        store: JobStore,
+        peers: Peers,
+        *,
+        worker_name: str | None = None,
+        pipelines: dict[str, Pipeline] = PIPELINES,
+    ):
         self.store = store
         self.peers = peers
         self.settings = peers.settings
         self.id = worker_name or worker_id()
-        self.job_types = list(PIPELINES)
+        self.pipelines = pipelines
+        self.job_types = list(pipelines)
         self.retry = RetryStrategy(max_attempts=self.settings.job_max_attempts, wait=self.settings.job_retry_wait)
         self.webhook_retry = RetryStrategy(max_attempts=self.settings.webhook_attempts, wait=1.0, max_wait=30.0)
         self.http = httpx.AsyncClient()
         self.rescuer = JobRescuer(store, interval=max(self.settings.job_lease / 2, 0.05))
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
         self._running: dict[uuid.UUID, asyncio.Task] = {}
 
     async def run(self) -> None:
         """Runs until `stop()`; then waits for the jobs in hand."""
         listener = asyncio.create_task(self._listen(), name="worker-listen")
         self.rescuer.start()
-        slots = asyncio.Semaphore(self.settings.worker_jobs)
         log.info("worker %s ready for %s", self.id, ", ".join(self.job_types))
         try:
             while not self._stopping.is_set():
-                await slots.acquire()
+                free = self.settings.worker_jobs - len(self._running)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
                 self._wake.clear()
-                claim = await self._claim()
-                if claim is None:
-                    slots.release()
+                claims = await self._claim(free)
+                if not claims:
                     await self._idle()
                     continue
-                task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.id}")
-                self._running[claim.id] = task
-                task.add_done_callback(lambda _t, jid=claim.id: (self._running.pop(jid, None), slots.release()))
+                for claim in claims:
+                    task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.id}")
+                    self._running[claim.id] = task
+                    task.add_done_callback(lambda _t, jid=claim.id: self._job_done(jid))
         finally:
             listener.cancel()
             await self.rescuer.stop()
@@ -91,18 +103,24 @@ class Worker:
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+        self._slot_freed.set()
 
-    async def _claim(self) -> Claim | None:
+    def _job_done(self, job_id: uuid.UUID) -> None:
+        self._running.pop(job_id, None)
+        self._slot_freed.set()
+
+    async def _claim(self, limit: int) -> list[Claim]:
         try:
-            claim = await self.store.claim_job(self.id, self.job_types, self.settings.job_lease)
+            claims = await self.store.claim_jobs(self.id, self.job_types, self.settings.job_lease, limit)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             log.warning("worker %s cannot claim: %s", self.id, exc)
             await asyncio.sleep(DB_ERROR_PAUSE)
-            return None
-        if claim:
-            wait = (datetime.now(timezone.utc) - claim.job["created_at"]).total_seconds()
+            return []
+        now = datetime.now(timezone.utc)
+        for claim in claims:
+            wait = (now - claim.job["created_at"]).total_seconds()
             log.info("job %s claimed by %s (attempt %d, %.3f s after creation)", claim.id, self.id, claim.attempt, wait)
-        return claim
+        return claims
 
     async def _idle(self) -> None:
         timeout = POLL_INTERVAL
@@ -152,7 +170,7 @@ class Worker:
         """Runs the pipeline and records the outcome, webhook included, all
         under the lease."""
         try:
-            output = await PIPELINES[claim.job["job_type"]](_Context(self.store, claim), self.peers)
+            output = await self.pipelines[claim.job["job_type"]](_Context(self.store, claim), self.peers)
         except JobCancelled:
             await self._finish(claim, "cancelled", error=CANCELLED)
         except Exception as exc:

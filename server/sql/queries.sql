@@ -26,9 +26,10 @@ LIMIT %(limit)s OFFSET %(offset)s;
 -- A job's status history, oldest first.
 SELECT status, attempt, error, at FROM job_events WHERE job_id = %(id)s ORDER BY id;
 
--- claim_job --
--- Take the best due pending job of the given types; concurrent claimers skip
--- rows another transaction holds, so no job is taken twice.
+-- claim_jobs --
+-- Take up to `limit` of the best due pending jobs of the given types;
+-- concurrent claimers skip rows another transaction holds, so no job is
+-- taken twice.
 UPDATE jobs SET
     status = 'running',
     attempts = attempts + 1,
@@ -36,11 +37,11 @@ UPDATE jobs SET
     lease_until = now() + make_interval(secs => %(lease)s),
     error = NULL,
     updated_at = now()
-WHERE id = (
+WHERE id IN (
     SELECT id FROM jobs
     WHERE status = 'pending' AND run_after <= now() AND job_type = ANY(%(job_types)s)
     ORDER BY priority DESC, run_after, created_at
-    LIMIT 1
+    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 RETURNING *;
