@@ -21,21 +21,19 @@ import json
 import random
 import re
 import signal
-import socket
 import threading
-import time
 from collections import Counter
 from datetime import datetime, timezone
 
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.peers.http_server import ThreadedServer
+
 DEFAULT_MODELS = ("moondream:1.8b", "llama3:latest")
-HANG_POLL = 0.02  # seconds between checks of a hanging request
 PALETTE = [
     ("red", (255, 0, 0)), ("green", (0, 128, 0)), ("green", (0, 255, 0)),
     ("blue", (0, 0, 255)), ("yellow", (255, 255, 0)), ("orange", (255, 165, 0)),
@@ -149,9 +147,7 @@ class FakeOllama:
         self.requests: list[dict] = []
         self.cancelled = self.in_flight = self.max_in_flight = 0
         self._rng = random.Random(seed)
-        self._host, self._port = host, port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._port = port  # as asked for; the bound one is self._http.port
         self.app = Starlette(routes=[
             Route("/api/generate", self._generate, methods=["POST"]),
             Route("/api/chat", self._chat, methods=["POST"]),
@@ -160,39 +156,20 @@ class FakeOllama:
             Route("/api/pull", self._pull, methods=["POST"]),
             Route("/api/version", self._version, methods=["GET"]),
         ])
+        self._http = ThreadedServer(self.app, host=host, port=port, name="fake-ollama")
 
     # -- lifecycle -------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        port = self._http.port if self._http.port is not None else self._port
+        return f"http://{self._http.host}:{port}"
 
     def start(self) -> "FakeOllama":
-        # proto=IPPROTO_TCP, or asyncio skips TCP_NODELAY and each answer waits ~40 ms for a delayed ACK
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        self._port = sock.getsockname()[1]
-        self._stopping = False
-        config = uvicorn.Config(self.app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=1)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="fake-ollama", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 5
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("fake Ollama did not start")
-            time.sleep(0.005)
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._stopping = True  # releases hanging requests
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        self._server = self._thread = None
+        self._http.stop()  # idempotent; releases hanging requests
 
     def __enter__(self) -> "FakeOllama":
         return self.start()
@@ -203,9 +180,9 @@ class FakeOllama:
     # -- behaviour switches ----------------------------------------------------------
     async def _misbehaviour(self) -> Response | None:
         """The answer that `mode` imposes instead of the real one, if any."""
-        while self.mode == "hang" and not self._stopping:
-            await asyncio.sleep(HANG_POLL)
-        if self._stopping:
+        if self.mode == "hang":
+            await self._http.hang(lambda: self.mode == "hang")
+        if self._http.stopping.is_set():
             return _error(503, "server is shutting down")
         if self.mode == "error":
             return _error(500, "llama runner process has terminated: exit status 2")

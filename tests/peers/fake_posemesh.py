@@ -33,7 +33,6 @@ import hmac
 import io
 import json
 import secrets
-import socket
 import sys
 import threading
 import time
@@ -43,12 +42,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.peers.http_server import ThreadedServer
 
 DEMO_DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
 DEMO_EMAIL = "demo@vlm-node.local"
@@ -59,75 +59,6 @@ MAX_ITEM_BYTES = 10 * 1024 * 1024
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
 
 MODES = ("ok", "hang", "broken_multipart", "size_mismatch", "expire_tokens")
-
-
-# --------------------------------------------------------------------------- #
-# A uvicorn server in a background thread (shared with webhook_receiver.py)
-# --------------------------------------------------------------------------- #
-
-
-class ThreadedServer:
-    """Serve an ASGI app with uvicorn on 127.0.0.1 in a daemon thread."""
-
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._app = app
-        self.host = host
-        self._port = port
-        self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self.stopping = threading.Event()
-
-    @property
-    def base_url(self) -> str:
-        assert self.port is not None, "server not started"
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        if self._thread is not None:
-            return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
-        sock.listen(128)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-            timeout_keep_alive=5,
-        )
-        self._server = uvicorn.Server(config)
-        self.stopping.clear()
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{self.port}"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("test server failed to start")
-            if time.monotonic() > deadline:
-                raise RuntimeError("test server did not start in time")
-            time.sleep(0.01)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is None or self._server is None:
-            return
-        self.stopping.set()
-        self._server.should_exit = True
-        self._server.force_exit = True
-        self._thread.join(timeout)
-        self._thread = None
-        self._server = None
-
-    async def hang(self, still: Any = lambda: True) -> None:
-        """Sleep until the server stops or `still()` turns false."""
-        while not self.stopping.is_set() and still():
-            await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- #
@@ -227,7 +158,7 @@ class FakePosemesh:
         self.domain_queries: list[dict[str, str]] = []
         self.client_ids_seen: set[str] = set()
 
-        self._http = ThreadedServer(self._build_app(), port=port)
+        self._http = ThreadedServer(self._build_app(), port=port, name="fake-posemesh")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -698,7 +629,7 @@ class FakePosemesh:
 # --------------------------------------------------------------------------- #
 
 
-def _demo_images(n: int = 8) -> list[tuple[str, str, bytes]]:
+def demo_images(n: int = 8) -> list[tuple[str, str, bytes]]:
     from PIL import Image, ImageDraw
 
     colours = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 180, 30), (150, 60, 170), (30, 170, 170),
@@ -743,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_dir:
         images = _dir_images(args.seed_dir)
     elif args.demo:
-        images = _demo_images()
+        images = demo_images()
     else:
         images = []
     for name, dtype, data in images:

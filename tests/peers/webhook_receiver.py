@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.peers.fake_posemesh import ThreadedServer
+from tests.peers.http_server import ThreadedServer
 
 MODES = ("ok", "down", "hang")
 
@@ -58,7 +58,8 @@ class WebhookReceiver:
         self._fail: list[int] = []
         self._cond = threading.Condition()
         self._http = ThreadedServer(
-            Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST", "PUT", "GET"])])
+            Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST", "PUT", "GET"])]),
+            name="webhook-receiver",
         )
 
     # ------------------------------------------------------------ lifecycle
