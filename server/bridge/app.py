@@ -1,0 +1,44 @@
+"""The bridge's Starlette app: REST jobs, the WebSocket, health, over one
+gRPC channel to the node."""
+
+import contextlib
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
+
+from server.bridge import health, rest, websocket
+from server.bridge.errors import grpc_error_handler
+
+MAX_GRPC_MESSAGE = 16 * 1024 * 1024
+
+
+def create_app(target: str) -> Starlette:
+    """`target` is the gRPC server's address, e.g. "localhost:50051"."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+            ],
+        )
+        app.state.jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        app.state.inference = inference_pb2_grpc.InferenceServiceStub(channel)
+        app.state.health = health_pb2_grpc.HealthStub(channel)
+        async with channel:
+            yield
+
+    return Starlette(
+        routes=[*rest.routes, *websocket.routes, *health.routes],
+        middleware=[
+            Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"])
+        ],
+        exception_handlers={grpc.aio.AioRpcError: grpc_error_handler},
+        lifespan=lifespan,
+    )

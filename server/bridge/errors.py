@@ -1,0 +1,29 @@
+"""gRPC status codes as HTTP answers: one JSON body, `{"error": "<message>"}`."""
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def grpc_error_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
+        return error_response(503, "the node's gRPC server is not reachable")
+    return error_response(HTTP_STATUS.get(code, 500), exc.details() or code.name.lower())
