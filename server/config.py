@@ -77,6 +77,10 @@ class Settings:
     job_lease: float = 30.0  # seconds a claim lasts without renewal
     job_max_attempts: int = 5
     job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time
+    realtime_max_frame_bytes: int = 8 * 1024 * 1024
+    realtime_max_batch: int = 16  # frames per realtime answer
+    realtime_idle_timeout: float = 300.0  # seconds a stream may stay silent
+    realtime_flush_after: float = 2.0  # seconds of quiet before queued frames are answered
     webhook_secret: str = ""
     webhook_attempts: int = 5
     log_level: str = "INFO"
@@ -110,7 +114,7 @@ class Settings:
             elif kind is bool:
                 parsed[key] = _bool(name, raw)
             elif kind is int:
-                hi = 65535 if key.endswith("port") else 10_000
+                hi = 65535 if key.endswith("port") else 1 << 30
                 parsed[key] = _int(name, raw, 0 if key.endswith("port") else 1, hi)
             elif kind is float:
                 parsed[key] = _float(name, raw, 0.001, 86_400)

@@ -43,3 +43,15 @@ class PeerRefused(NodeError):
     """A peer answered with a definite refusal (unknown model, forbidden domain)."""
 
     code = "peer_refused"
+
+
+class TooLarge(NodeError):
+    """A request over one of the node's size limits."""
+
+    code = "too_large"
+
+
+class TimedOut(NodeError):
+    """The caller went quiet for longer than we wait."""
+
+    code = "timed_out"

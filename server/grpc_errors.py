@@ -9,7 +9,7 @@ import grpc
 import psycopg
 import psycopg_pool
 
-from server.errors import BadInput, Conflict, NodeError, NotFound, PeerRefused, PeerUnavailable
+from server.errors import BadInput, Conflict, NodeError, NotFound, PeerRefused, PeerUnavailable, TimedOut, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,8 @@ CODES = {
     Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     PeerRefused: grpc.StatusCode.FAILED_PRECONDITION,
     PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TimedOut: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -8,18 +8,23 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
+from vlmnode.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from server.config import Settings
+from server.health_monitor import HealthMonitor
+from server.inference_service import InferenceService
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
 from server.peers import check_ollama, domain_client, ollama_engine
+from server.realtime import RealtimeLimits
 from server.store import JobStore
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0  # seconds for in-flight calls to finish on SIGTERM
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MESSAGE_OVERHEAD = 64 * 1024  # bytes a message may carry beside its frame
+JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class NodeServer:
@@ -33,11 +38,25 @@ class NodeServer:
         self.domain = domain_client(settings)
         self.engine = ollama_engine(settings)
         self.health = health.aio.HealthServicer()
+        self.monitor = HealthMonitor(
+            self.health, self.store, self.engine, jobs_service=JOB_SERVICE, inference_service=INFERENCE_SERVICE
+        )
+        self.limits = RealtimeLimits(
+            max_frame_bytes=settings.realtime_max_frame_bytes,
+            max_batch=settings.realtime_max_batch,
+            idle_timeout=settings.realtime_idle_timeout,
+            flush_after=settings.realtime_flush_after,
+            image_max_side=settings.image_max_side,
+        )
+        max_message = settings.realtime_max_frame_bytes + MESSAGE_OVERHEAD
         self.server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max(max_message, 16 * 1024 * 1024)),
             ]
+        )
+        self.inference = InferenceService(
+            self.engine, self.limits, default_model=settings.vlm_model, default_batch=settings.image_batch_size
         )
         self.port = 0
 
@@ -56,20 +75,24 @@ class NodeServer:
             ),
             self.server,
         )
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.inference, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
-            jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+            JOB_SERVICE,
+            INFERENCE_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
         self.port = self.server.add_insecure_port(self.address)
         await self.server.start()
-        for name in ("", names[0]):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.monitor.check_once()
+        self.monitor.start()
         log.info("gRPC server listening on %s", self.address.rsplit(":", 1)[0] + f":{self.port}")
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.watcher.stop()

@@ -39,23 +39,8 @@ def prepare_image(
 
     Raises BadInput for empty, oversized, undecodable or decompression-bomb input.
     """
-    if not data:
-        raise BadInput("empty image")
-    if len(data) > max_bytes:
-        raise BadInput(f"image too big: {len(data)} bytes (limit {max_bytes})")
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        # Pillow's own, global limit struck before ours; its message carries the pixel count.
-        pixels = re.search(r"\((\d+) pixels\)", str(e))
-        raise BadInput(f"image too large: {pixels[1] if pixels else 'too many'} pixels (limit {max_pixels})") from None
-    except Exception:
-        raise BadInput("not an image") from None
-
+    image = _open(data, max_bytes, max_pixels)
     with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise BadInput(f"image too large: {width}x{height} pixels (limit {max_pixels})")
         image.draft("RGB", (max_side, max_side))  # JPEG only: decode at a reduced scale when possible
         try:
             image.load()
@@ -68,6 +53,34 @@ def prepare_image(
         out = io.BytesIO()
         rgb.save(out, "JPEG", quality=JPEG_QUALITY)
     return PreparedImage(jpeg=out.getvalue(), width=rgb.width, height=rgb.height, taken_at=taken_at)
+
+
+def check_image(data: bytes, *, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """Format, width and height from the header alone: a cheap check that
+    `data` is an image we would accept, without decoding it."""
+    with _open(data, max_bytes, max_pixels) as image:
+        return image.format or "", image.width, image.height
+
+
+def _open(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image with only its header read, after the size checks."""
+    if not data:
+        raise BadInput("empty image")
+    if len(data) > max_bytes:
+        raise BadInput(f"image too big: {len(data)} bytes (limit {max_bytes})")
+    try:
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own, global limit struck before ours; its message carries the pixel count.
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise BadInput(f"image too large: {pixels[1] if pixels else 'too many'} pixels (limit {max_pixels})") from None
+    except Exception:
+        raise BadInput("not an image") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise BadInput(f"image too large: {width}x{height} pixels (limit {max_pixels})")
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

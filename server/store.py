@@ -198,6 +198,9 @@ class JobStore:
             raise BadInput(f"job {job_id} is a {job['job_type']} job, not {job_type}")
         raise Conflict(f"job {job_id} is {job['status']}; only a finished job can be retried")
 
+    async def ping(self) -> None:
+        await self._one("ping")
+
     async def count_by_status(self) -> dict[str, int]:
         return {row["status"]: row["n"] for row in await self._all("count_jobs_by_status")}
 

@@ -129,3 +129,7 @@ RETURNING id, status;
 
 -- count_jobs_by_status --
 SELECT status, count(*) AS n FROM jobs GROUP BY status;
+
+-- ping --
+-- Is the database there?
+SELECT 1 AS ok;

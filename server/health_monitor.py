@@ -1,0 +1,54 @@
+"""Keeps the gRPC health service truthful: JobService is SERVING while the
+database answers, InferenceService while Ollama does. The bridge's /ready
+reads these, so it never has to reach the database or Ollama itself."""
+
+import asyncio
+import logging
+
+from grpc_health.v1 import health, health_pb2
+
+from server.engine import OllamaEngine
+from server.store import JobStore
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL = 5.0  # seconds
+CHECK_TIMEOUT = 3.0  # seconds
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class HealthMonitor:
+    def __init__(self, servicer: health.aio.HealthServicer, store: JobStore, engine: OllamaEngine,
+                 *, jobs_service: str, inference_service: str):
+        self.servicer = servicer
+        self.checks = {jobs_service: store.ping, inference_service: engine.version}
+        self._last: dict[str, int] = {}
+        self._task: asyncio.Task | None = None
+
+    async def check_once(self) -> None:
+        for service, probe in self.checks.items():
+            try:
+                await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+                status = SERVING
+            except Exception as exc:  # any failure means not ready; say why once
+                status = NOT_SERVING
+                if self._last.get(service) != NOT_SERVING:
+                    log.warning("%s is not serving: %s", service, getattr(exc, "message", exc) or type(exc).__name__)
+            if self._last.get(service) != status:
+                await self.servicer.set(service, status)
+                self._last[service] = status
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(CHECK_INTERVAL)

@@ -1,0 +1,69 @@
+"""gRPC InferenceService: the bidirectional Infer stream over a realtime
+Session."""
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from vlmnode.v1 import inference_pb2, inference_pb2_grpc
+
+from server.engine import OllamaEngine
+from server.errors import BadInput, TimedOut
+from server.grpc_errors import translate_errors
+from server.realtime import RealtimeLimits, Session, stream_settings
+
+log = logging.getLogger(__name__)
+
+
+class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, engine: OllamaEngine, limits: RealtimeLimits, *, default_model: str, default_batch: int):
+        self.engine = engine
+        self.limits = limits
+        self.default_model = default_model
+        self.default_batch = default_batch
+        self.active = 0
+
+    async def _next(self, requests: AsyncIterator) -> inference_pb2.InferRequest | None:
+        try:
+            return await asyncio.wait_for(anext(requests, None), self.limits.idle_timeout)
+        except asyncio.TimeoutError:
+            raise TimedOut(f"no message for {self.limits.idle_timeout:g} s; closing the stream") from None
+
+    @translate_errors
+    async def Infer(self, request_iterator, context):
+        requests = aiter(request_iterator)
+        first = await self._next(requests)
+        if first is None or first.WhichOneof("message") != "config":
+            raise BadInput("the first message of a stream must be its config")
+        settings = stream_settings(
+            first.config, self.limits, default_model=self.default_model, default_batch=self.default_batch
+        )
+        session = Session(self.engine, settings, self.limits)
+        reader = asyncio.create_task(self._read(requests, session))
+        self.active += 1
+        log.info("stream opened: model %s, batch %d", settings.model, settings.batch_size)
+        try:
+            async for response in session.answers():
+                yield response
+        finally:
+            self.active -= 1
+            reader.cancel()
+            log.info("stream closed: %d answers, %d frames dropped", session.answers_sent, session.dropped)
+
+    async def _read(self, requests: AsyncIterator, session: Session) -> None:
+        try:
+            while (request := await self._next(requests)) is not None:
+                kind = request.WhichOneof("message")
+                if kind == "frame":
+                    session.add_frame(request.frame)
+                elif kind == "prompt":
+                    session.set_prompt(request.prompt.text)
+                elif kind == "flush":
+                    session.flush()
+                else:
+                    raise BadInput("a stream takes one config, as its first message")
+            session.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            session.fail(exc)

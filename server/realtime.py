@@ -1,0 +1,209 @@
+"""One realtime stream: frames and prompts in, streamed answers out.
+
+Plain asyncio, no gRPC: the Infer servicer feeds a `Session` what the client
+sends and forwards what `answers()` yields. While the model answers, only the
+newest batch of frames is kept and the rest are counted as dropped, so memory
+per stream is bounded and answers stay current.
+"""
+
+import asyncio
+import collections
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from vlmnode.v1 import inference_pb2
+
+from server.engine import OllamaEngine
+from server.errors import BadInput, NodeError, TooLarge
+from server.images import check_image, prepare_image
+
+NO_PROMPT = "No prompt received for image batch"
+
+
+@dataclass(frozen=True)
+class RealtimeLimits:
+    max_frame_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_batch: int = 16  # frames per answer
+    max_prompt_chars: int = 8000
+    max_num_predict: int = 8192
+    idle_timeout: float = 300.0  # seconds without a message before the stream is closed
+    flush_after: float = 2.0  # seconds of quiet before queued frames are answered anyway
+    image_max_side: int = 1024
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    model: str
+    prompt: str | None
+    batch_size: int
+    options: dict
+    flush_after: float | None  # None: never
+
+
+@dataclass(frozen=True)
+class QueuedFrame:
+    id: str
+    image: bytes
+
+
+def stream_settings(
+    config: inference_pb2.StreamConfig, limits: RealtimeLimits, *, default_model: str, default_batch: int
+) -> StreamSettings:
+    """Validates a stream's first message; raises BadInput naming the field."""
+    batch = config.batch_size or default_batch
+    if not 1 <= batch <= limits.max_batch:
+        raise BadInput(f"batch_size must be between 1 and {limits.max_batch}, got {config.batch_size}")
+    if not 0 <= config.num_predict <= limits.max_num_predict:
+        raise BadInput(f"num_predict must be between 0 and {limits.max_num_predict}, got {config.num_predict}")
+    if len(config.prompt) > limits.max_prompt_chars:
+        raise BadInput(f"prompt is longer than {limits.max_prompt_chars} characters")
+    if len(config.model) > 200:
+        raise BadInput("model name is longer than 200 characters")
+    options: dict = {}
+    if config.num_predict:
+        options["num_predict"] = config.num_predict
+    if config.HasField("temperature"):
+        if not 0 <= config.temperature <= 2:
+            raise BadInput(f"temperature must be between 0 and 2, got {config.temperature:g}")
+        options["temperature"] = config.temperature
+    flush = config.flush_after_seconds
+    if flush > 3600:
+        raise BadInput("flush_after_seconds must be at most 3600")
+    return StreamSettings(
+        model=config.model or default_model,
+        prompt=config.prompt or None,
+        batch_size=batch,
+        options=options,
+        flush_after=None if flush < 0 else (flush or limits.flush_after),
+    )
+
+
+class Session:
+    def __init__(self, engine: OllamaEngine, settings: StreamSettings, limits: RealtimeLimits):
+        self.engine = engine
+        self.settings = settings
+        self.limits = limits
+        self.prompt = settings.prompt
+        self.queued: collections.deque[QueuedFrame] = collections.deque()
+        self.dropped = 0
+        self.answers_sent = 0
+        self._frames_seen = 0
+        self._last_frame = time.monotonic()
+        self._flush = False
+        self._closed = False
+        self._failure: Exception | None = None
+        self._notices: list[inference_pb2.Notice] = []
+        self._changed = asyncio.Event()
+
+    # What the client sends.
+
+    def add_frame(self, frame: inference_pb2.Frame) -> None:
+        if len(frame.image) > self.limits.max_frame_bytes:
+            raise TooLarge(f"frame of {len(frame.image)} bytes is over the limit of {self.limits.max_frame_bytes}")
+        if len(frame.id) > 200:
+            raise BadInput("frame id is longer than 200 characters")
+        try:
+            check_image(frame.image, max_bytes=self.limits.max_frame_bytes, max_pixels=self.limits.max_pixels)
+        except BadInput as exc:
+            raise BadInput(f"frame {frame.id or self._frames_seen + 1}: {exc.message}") from None
+        self._frames_seen += 1
+        if len(self.queued) >= self.settings.batch_size:
+            self.queued.popleft()  # the model is busy: keep the newest batch
+            self.dropped += 1
+        self.queued.append(QueuedFrame(frame.id or f"frame-{self._frames_seen}", frame.image))
+        self._last_frame = time.monotonic()
+        self._changed.set()
+
+    def set_prompt(self, text: str) -> None:
+        if len(text) > self.limits.max_prompt_chars:
+            raise BadInput(f"prompt is longer than {self.limits.max_prompt_chars} characters")
+        self.prompt = text or None
+        self._flush = bool(self.queued)  # a new prompt answers the frames already queued
+        self._changed.set()
+
+    def flush(self) -> None:
+        self._flush = True
+        self._changed.set()
+
+    def close(self) -> None:
+        """The client sent its last message: answer what is queued, then end."""
+        self._closed = True
+        self._changed.set()
+
+    def fail(self, exc: Exception) -> None:
+        self._failure = exc
+        self._changed.set()
+
+    # What the client gets.
+
+    async def answers(self) -> AsyncIterator[inference_pb2.InferResponse]:
+        while True:
+            self._changed.clear()
+            if self._failure is not None:
+                raise self._failure
+            while self._notices:
+                yield inference_pb2.InferResponse(notice=self._notices.pop(0))
+            batch = self._take_batch()
+            if batch:
+                async for response in self._answer(batch):
+                    yield response
+                continue
+            if self._notices:
+                continue
+            if self._closed:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._quiet_left())
+
+    def _quiet_left(self) -> float | None:
+        if not self.queued or self.settings.flush_after is None:
+            return None
+        return max(self._last_frame + self.settings.flush_after - time.monotonic(), 0.001)
+
+    def _take_batch(self) -> list[QueuedFrame] | None:
+        if not self.queued:
+            self._flush = False
+            return None
+        full = len(self.queued) >= self.settings.batch_size
+        flush_after = self.settings.flush_after
+        quiet = flush_after is not None and time.monotonic() - self._last_frame >= flush_after
+        if not (full or self._flush or self._closed or quiet):
+            return None
+        batch = list(self.queued)
+        self.queued.clear()
+        self._flush = False
+        if self.prompt is None:
+            self._notices.append(inference_pb2.Notice(message=NO_PROMPT, frame_ids=[f.id for f in batch]))
+            return None
+        return batch
+
+    async def _answer(self, batch: list[QueuedFrame]) -> AsyncIterator[inference_pb2.InferResponse]:
+        prompt = self.prompt
+        prepared = await asyncio.gather(
+            *(asyncio.to_thread(prepare_image, f.image, max_side=self.limits.image_max_side) for f in batch),
+            return_exceptions=True,
+        )
+        images, frame_ids = [], []
+        for frame, result in zip(batch, prepared):
+            if isinstance(result, NodeError):
+                note = f"frame {frame.id} could not be read: {result.message}"
+                yield inference_pb2.InferResponse(notice=inference_pb2.Notice(message=note, frame_ids=[frame.id]))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                images.append(result.jpeg)
+                frame_ids.append(frame.id)
+        if not images:
+            return
+        self.answers_sent += 1
+        answer_id = self.answers_sent
+        stream = self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options)
+        async with contextlib.aclosing(stream) as chunks:
+            async for text, done in chunks:
+                chunk = inference_pb2.AnswerChunk(
+                    answer_id=answer_id, text=text, done=done, frame_ids=frame_ids, frames_dropped=self.dropped
+                )
+                yield inference_pb2.InferResponse(chunk=chunk)

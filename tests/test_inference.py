@@ -1,0 +1,239 @@
+"""InferenceService.Infer over a real channel, with the async generated stub,
+against the fake Ollama."""
+
+import asyncio
+import dataclasses
+
+import grpc
+import pytest
+from vlmnode.v1 import inference_pb2, inference_pb2_grpc
+
+from server.grpc_server import NodeServer
+from tests.images import solid_jpeg
+
+pb = inference_pb2
+
+
+@pytest.fixture
+async def infer_node(settings):
+    """Starts a node with some settings changed; yields an Infer stub maker."""
+    started: list[tuple[NodeServer, grpc.aio.Channel]] = []
+
+    async def start(**overrides) -> inference_pb2_grpc.InferenceServiceStub:
+        node = NodeServer(dataclasses.replace(settings, **overrides))
+        await node.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{node.port}")
+        started.append((node, channel))
+        return inference_pb2_grpc.InferenceServiceStub(channel)
+
+    yield start
+    for node, channel in started:
+        await channel.close()
+        await node.stop(grace=0.5)
+
+
+def config(**kw) -> pb.InferRequest:
+    return pb.InferRequest(config=pb.StreamConfig(**kw))
+
+
+def frame(colour: str, frame_id: str = "", size=(64, 48)) -> pb.InferRequest:
+    return pb.InferRequest(frame=pb.Frame(id=frame_id or colour, image=solid_jpeg(colour, size=size)))
+
+
+def prompt(text: str) -> pb.InferRequest:
+    return pb.InferRequest(prompt=pb.Prompt(text=text))
+
+
+async def read_answer(call) -> tuple[str, pb.AnswerChunk]:
+    """Reads one whole answer; returns its text and last chunk."""
+    text = ""
+    while True:
+        response = await call.read()
+        assert response is not grpc.aio.EOF, "stream ended before the answer did"
+        assert response.WhichOneof("message") == "chunk", response
+        text += response.chunk.text
+        if response.chunk.done:
+            return text, response.chunk
+
+
+async def expect_status(call, code: grpc.StatusCode, match: str):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    assert info.value.code() == code, info.value.details()
+    assert match in info.value.details()
+
+
+async def test_a_full_batch_is_answered(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colours?", batch_size=2))
+    await call.write(frame("red"))
+    await call.write(frame("blue"))
+    text, last = await read_answer(call)
+    assert text == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
+    assert list(last.frame_ids) == ["red", "blue"] and last.answer_id == 1 and last.frames_dropped == 0
+    [request] = [r for r in fake_ollama.requests if r["images"]]
+    assert request["images"] == 2 and request["model"] == "moondream:1.8b"
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_answers_stream_in_chunks(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1))
+    await call.write(frame("green"))
+    chunks = []
+    while not chunks or not chunks[-1].done:
+        chunks.append((await call.read()).chunk)
+    assert len(chunks) > 2 and all(not c.done for c in chunks[:-1])
+    assert "".join(c.text for c in chunks) == "a 64x48 image, mostly green"
+    call.cancel()
+
+
+async def test_num_predict_and_model_reach_ollama(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="Describe", batch_size=1, num_predict=2, temperature=0.1, model="llama3:latest"))
+    await call.write(frame("red"))
+    text, _ = await read_answer(call)
+    assert len(text.split()) == 2
+    [request] = [r for r in fake_ollama.requests if r["images"]]
+    assert request["options"]["num_predict"] == 2 and request["model"] == "llama3:latest"
+    assert request["options"]["temperature"] == pytest.approx(0.1)
+    call.cancel()
+
+
+async def test_a_new_prompt_flushes_queued_frames(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(batch_size=3, flush_after_seconds=-1))
+    await call.write(frame("yellow"))
+    await call.write(prompt("And now?"))
+    text, last = await read_answer(call)
+    assert list(last.frame_ids) == ["yellow"] and "yellow" in text
+    [request] = [r for r in fake_ollama.requests if r["images"]]
+    assert request["prompt"] == "And now?"
+    call.cancel()
+
+
+async def test_frames_before_any_prompt_get_a_notice(infer_node):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(batch_size=2))
+    await call.write(frame("red"))
+    await call.write(frame("blue"))
+    response = await call.read()
+    assert response.notice.message == "No prompt received for image batch"
+    assert list(response.notice.frame_ids) == ["red", "blue"]
+    await call.write(prompt("What colour?"))
+    await call.write(frame("green"))
+    await call.write(frame("white"))
+    _, last = await read_answer(call)
+    assert list(last.frame_ids) == ["green", "white"]
+    call.cancel()
+
+
+async def test_quiet_spell_flushes_a_partial_batch(infer_node):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=5, flush_after_seconds=0.2))
+    await call.write(frame("blue"))
+    _, last = await asyncio.wait_for(read_answer(call), 5)
+    assert list(last.frame_ids) == ["blue"]
+    call.cancel()
+
+
+async def test_explicit_flush_and_closing_answer_what_is_queued(infer_node):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=5, flush_after_seconds=-1))
+    await call.write(frame("red"))
+    await call.write(pb.InferRequest(flush=pb.Flush()))
+    _, first = await read_answer(call)
+    await call.write(frame("green"))
+    await call.done_writing()
+    _, second = await read_answer(call)
+    assert list(first.frame_ids) == ["red"] and list(second.frame_ids) == ["green"]
+    assert await call.read() is grpc.aio.EOF
+
+
+async def test_a_busy_model_keeps_only_the_newest_frames(infer_node, fake_ollama):
+    fake_ollama.latency = 0.5
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1))
+    await call.write(frame("red", "f1"))
+    while fake_ollama.in_flight == 0:
+        await asyncio.sleep(0.01)
+    for n, colour in enumerate(["green", "blue", "yellow", "white"], start=2):
+        await call.write(frame(colour, f"f{n}"))
+    _, first = await read_answer(call)
+    text, second = await read_answer(call)
+    assert list(first.frame_ids) == ["f1"]
+    assert list(second.frame_ids) == ["f5"] and "white" in text
+    assert second.frames_dropped == 3
+    assert len([r for r in fake_ollama.requests if r["images"]]) == 2
+    call.cancel()
+
+
+async def test_cancelling_the_stream_cancels_the_model_request(infer_node, fake_ollama):
+    fake_ollama.token_delay = 0.2
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1))
+    await call.write(frame("red"))
+    first = await call.read()
+    assert first.chunk.text and not first.chunk.done
+    call.cancel()
+    for _ in range(100):
+        if fake_ollama.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake_ollama.cancelled == 1 and fake_ollama.in_flight == 0
+
+
+async def test_limits_and_bad_input(infer_node):
+    stub = await infer_node(realtime_max_frame_bytes=100_000, realtime_idle_timeout=0.3)
+    big = pb.InferRequest(frame=pb.Frame(id="big", image=b"\xff\xd8\xff" + bytes(120_000)))
+    huge = pb.InferRequest(frame=pb.Frame(id="huge", image=bytes(1_000_000)))
+    cases = [
+        ([frame("red")], grpc.StatusCode.INVALID_ARGUMENT, "first message of a stream must be its config"),
+        ([], grpc.StatusCode.INVALID_ARGUMENT, "first message of a stream must be its config"),
+        ([config(batch_size=99)], grpc.StatusCode.INVALID_ARGUMENT, "batch_size must be between 1 and 16"),
+        ([config(batch_size=-1)], grpc.StatusCode.INVALID_ARGUMENT, "batch_size"),
+        ([config(num_predict=-3)], grpc.StatusCode.INVALID_ARGUMENT, "num_predict"),
+        ([config(temperature=9)], grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+        ([config(prompt="x" * 9000)], grpc.StatusCode.INVALID_ARGUMENT, "prompt is longer"),
+        ([config(), config()], grpc.StatusCode.INVALID_ARGUMENT, "one config"),
+        ([config(), pb.InferRequest(frame=pb.Frame(id="x", image=b"hello"))], grpc.StatusCode.INVALID_ARGUMENT,
+         "frame x: not an image"),
+        ([config(), pb.InferRequest(frame=pb.Frame(id="e"))], grpc.StatusCode.INVALID_ARGUMENT, "empty image"),
+        ([config(), big], grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit of 100000"),
+        ([config(), huge], grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+        ([config(), prompt("y" * 9000)], grpc.StatusCode.INVALID_ARGUMENT, "prompt is longer"),
+    ]
+    for messages, code, match in cases:
+        call = stub.Infer()
+        for message in messages:
+            await call.write(message)
+        await call.done_writing()
+        await expect_status(call, code, match)
+    idle = stub.Infer()
+    await idle.write(config(prompt="hi"))
+    await expect_status(idle, grpc.StatusCode.DEADLINE_EXCEEDED, "no message for 0.3 s")
+
+
+async def test_ollama_down_and_model_missing(infer_node, fake_ollama):
+    stub = await infer_node()
+    missing = stub.Infer()
+    await missing.write(config(prompt="hi", batch_size=1, model="nosuchmodel:7b"))
+    await missing.write(frame("red"))
+    await expect_status(missing, grpc.StatusCode.FAILED_PRECONDITION, "nosuchmodel")
+    fake_ollama.stop()
+    down = stub.Infer()
+    await down.write(config(prompt="hi", batch_size=1))
+    await down.write(frame("red"))
+    await expect_status(down, grpc.StatusCode.UNAVAILABLE, "Ollama is not reachable")
