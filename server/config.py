@@ -65,7 +65,9 @@ class Settings:
     # Node.
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
+    http_host: str = "0.0.0.0"
     http_port: int = 8080
+    grpc_target: str = ""  # where the bridge finds the gRPC server; empty: localhost:GRPC_PORT
     ollama_pull: bool = True  # pull missing models at start, as the original
     ollama_concurrency: int = 4  # requests in flight to Ollama per process
     ollama_timeout: float = 120.0  # seconds per request

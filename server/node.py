@@ -1,8 +1,8 @@
 """`python -m server.node`: the whole node on one machine.
 
 Starts a private PostgreSQL when POSTGRES_URL is unset (kept in
-DATA_DIR/postgres between runs), then the gRPC server and WORKERS worker
-processes, and stops them all together.
+DATA_DIR/postgres between runs), then the gRPC server, the HTTP/WebSocket
+bridge and WORKERS worker processes, and stops them all together.
 """
 
 import os
@@ -41,7 +41,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     # Migrations run under an advisory lock, so all may start at once.
-    children = [subprocess.Popen([sys.executable, "-m", "server.main"], env=env)]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "server.main"], env=env),
+        subprocess.Popen([sys.executable, "-m", "server.bridge.main"], env=env),
+    ]
     children += [subprocess.Popen([sys.executable, "-m", "worker.main"], env=env) for _ in range(settings.workers)]
     try:
         while not stopping and all(c.poll() is None for c in children):

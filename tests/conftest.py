@@ -1,6 +1,7 @@
 """Shared fixtures: a real PostgreSQL (POSTGRES_URL, or a private server the
 session starts), and a fresh migrated database for every test."""
 
+import contextlib
 import os
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -163,3 +164,36 @@ async def worker(settings):
     await peers.engine.aclose()
     await peers.domain.aclose()
     await store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(target: str, settings=None):
+    """The bridge app under uvicorn, in this test's event loop, on a free
+    local port, configured as `python -m server.bridge.main` configures it.
+    Yields its base URL."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from server.bridge.app import create_app
+    from server.bridge.main import uvicorn_options
+    from server.config import Settings
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    options = uvicorn_options(settings or Settings())
+    config = uvicorn.Config(create_app(target), lifespan="on", timeout_graceful_shutdown=2, **options)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()

@@ -1,0 +1,107 @@
+"""The original node's realtime WebSocket, `/api/v1/ws`, riding on the Infer
+RPC.
+
+Binary message: one image. Text message: the prompt. Answers come back as
+JSON `{"response": "...", "done": bool}` as the model streams them (the last
+one also names the frames answered and how many were dropped while the model
+was busy); images sent before any prompt get the text message "No prompt
+received for image batch". `?num_predict=N` limits the answer length.
+Keep-alive pings every 10 s are uvicorn's (see server/bridge/main.py).
+"""
+
+import asyncio
+import json
+import logging
+
+import grpc
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from vlmnode.v1 import inference_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_NUM_PREDICT = 8192
+# gRPC codes as WebSocket close codes (RFC 6455, section 7.4.1).
+CLOSE_CODES = {
+    grpc.StatusCode.OK: 1000,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 1000,
+    grpc.StatusCode.INVALID_ARGUMENT: 1008,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 1009,
+    grpc.StatusCode.UNAVAILABLE: 1013,
+}
+
+
+def _num_predict(websocket: WebSocket) -> int:
+    raw = websocket.query_params.get("num_predict", "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_NUM_PREDICT:
+        raise ValueError(f"num_predict must be an integer between 0 and {MAX_NUM_PREDICT}, got {raw!r}")
+    return value
+
+
+async def _close(websocket: WebSocket, code: int, message: str) -> None:
+    """Says why in a message (browsers hide close reasons), then closes."""
+    try:
+        await websocket.send_text(json.dumps({"error": message, "done": True}))
+        await websocket.close(code=code, reason=message.encode()[:120].decode(errors="ignore"))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+
+
+async def _client_to_node(websocket: WebSocket, call) -> None:
+    frames = 0
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            call.cancel()
+            return
+        if message.get("bytes") is not None:
+            frames += 1
+            await call.write(pb.InferRequest(frame=pb.Frame(id=str(frames), image=message["bytes"])))
+        elif message.get("text") is not None:
+            await call.write(pb.InferRequest(prompt=pb.Prompt(text=message["text"])))
+
+
+async def _node_to_client(websocket: WebSocket, call) -> None:
+    async for response in call:
+        if response.WhichOneof("message") == "notice":
+            await websocket.send_text(response.notice.message)
+            continue
+        chunk = response.chunk
+        answer: dict = {"response": chunk.text, "done": chunk.done}
+        if chunk.done:
+            answer.update(frames=list(chunk.frame_ids), frames_dropped=chunk.frames_dropped)
+        await websocket.send_text(json.dumps(answer))
+
+
+async def realtime(websocket: WebSocket) -> None:
+    await websocket.accept()
+    try:
+        num_predict = _num_predict(websocket)
+    except ValueError as exc:
+        await _close(websocket, 1008, str(exc))
+        return
+    call = websocket.app.state.inference.Infer()
+    await call.write(pb.InferRequest(config=pb.StreamConfig(num_predict=num_predict)))
+    inbound = asyncio.create_task(_client_to_node(websocket, call))
+    outbound = asyncio.create_task(_node_to_client(websocket, call))
+    try:
+        done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.CANCELLED:
+            await _close(websocket, CLOSE_CODES.get(exc.code(), 1011), exc.details() or exc.code().name)
+    except (WebSocketDisconnect, asyncio.CancelledError):
+        pass
+    finally:
+        call.cancel()
+        for task in (inbound, outbound):
+            task.cancel()
+        await asyncio.gather(inbound, outbound, return_exceptions=True)
+
+
+routes = [WebSocketRoute("/api/v1/ws", realtime)]
