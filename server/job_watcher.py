@@ -38,6 +38,11 @@ class JobWatcher:
             for event in self._subscribers.get(uuid.UUID(job_id), ()):
                 event.set()
 
+    @property
+    def watching(self) -> int:
+        """How many watches are open."""
+        return sum(len(events) for events in self._subscribers.values())
+
     @contextmanager
     def subscribe(self, job_id: uuid.UUID) -> Iterator[asyncio.Event]:
         """An event set whenever the job may have changed."""

@@ -167,7 +167,7 @@ async def worker(settings):
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(target: str, settings=None):
+async def running_bridge(target: str, settings=None, **app_options):
     """The bridge app under uvicorn, in this test's event loop, on a free
     local port, configured as `python -m server.bridge.main` configures it.
     Yields its base URL."""
@@ -180,10 +180,13 @@ async def running_bridge(target: str, settings=None):
     from server.bridge.main import uvicorn_options
     from server.config import Settings
 
-    sock = socket.socket()
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that
+    # say so, and without it each answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     options = uvicorn_options(settings or Settings())
-    config = uvicorn.Config(create_app(target), lifespan="on", timeout_graceful_shutdown=2, **options)
+    app = create_app(target, **app_options)
+    config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=2, **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

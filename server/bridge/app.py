@@ -16,8 +16,9 @@ from server.bridge.errors import grpc_error_handler
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
 
 
-def create_app(target: str) -> Starlette:
-    """`target` is the gRPC server's address, e.g. "localhost:50051"."""
+def create_app(target: str, *, sse_ping_interval: float = 15.0) -> Starlette:
+    """`target` is the gRPC server's address, e.g. "localhost:50051";
+    event streams send a keep-alive comment every `sse_ping_interval` seconds."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -34,7 +35,7 @@ def create_app(target: str) -> Starlette:
         async with channel:
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=[*rest.routes, *websocket.routes, *health.routes],
         middleware=[
             Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"])
@@ -42,3 +43,5 @@ def create_app(target: str) -> Starlette:
         exception_handlers={grpc.aio.AioRpcError: grpc_error_handler},
         lifespan=lifespan,
     )
+    app.state.sse_ping_interval = sse_ping_interval
+    return app

@@ -1,0 +1,380 @@
+"""The original node's REST endpoints for jobs, served as a client of the gRPC
+JobService (never of the store): each handler checks the shape of the HTTP
+request, makes one call and turns the answer into the original's JSON.
+
+gRPC errors are turned into HTTP answers by the app's handler
+(server/bridge/errors.py); what is refused here, before any call, gets the
+same `{"error": "<one line>"}` body.
+
+Status codes:
+- 200 with the job for create, get, retry and cancel (the original answered
+  a create with 200 and the job, and clients check for 200, so no 201), 200
+  with a plain JSON array for the list;
+- 400 for bad input: malformed JSON, wrong types, unknown fields, bad query
+  parameters, and what the node refuses (INVALID_ARGUMENT, and
+  FAILED_PRECONDITION such as "No data found" or retrying a running job);
+- 404 for an unknown or malformed job id; 413 for a body over 1 MiB;
+- 503 when the node's gRPC server cannot be reached.
+"""
+
+import asyncio
+import json
+import math
+from typing import Any, AsyncIterator
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from vlmnode.v1 import jobs_pb2
+
+from server.bridge import openapi
+from server.bridge.errors import error_response
+
+MAX_BODY = 1024 * 1024  # bytes of a request body
+CALL_TIMEOUT = 60.0  # seconds for a unary call (a create asks the domain server first)
+MAX_ID_CHARS = 100  # a job id is a UUID; anything much longer is not one
+MAX_DEPTH = 32  # nesting of `query` and `input`
+INT32_MAX = 2**31 - 1
+
+STATUSES = tuple(
+    name.removeprefix("JOB_STATUS_").lower() for name in jobs_pb2.JobStatus.keys() if name != "JOB_STATUS_UNSPECIFIED"
+)
+FINAL_STATUSES = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
+
+CREATE_FIELDS = ("job_type", "query", "domain_id", "input", "idempotency_key", "priority", "max_attempts")
+RETRY_FIELDS = ("job_type", "input")
+
+
+class BadRequest(Exception):
+    """Refused before any gRPC call."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def refusing_bad_requests(handler):
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return error_response(exc.status, exc.message)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+# Jobs as JSON, as the original sent them.
+
+
+def status_name(value: int) -> str:
+    try:
+        return jobs_pb2.JobStatus.Name(value).removeprefix("JOB_STATUS_").lower()
+    except ValueError:
+        return "unspecified"
+
+
+def _timestamp(job: jobs_pb2.Job, field: str) -> str | None:
+    return getattr(job, field).ToJsonString() if job.HasField(field) else None
+
+
+def _struct(job: jobs_pb2.Job, field: str) -> dict[str, Any] | None:
+    # Numbers come back as floats (a Struct holds doubles); they are left so.
+    return json_format.MessageToDict(getattr(job, field)) if job.HasField(field) else None
+
+
+def job_to_json(job: jobs_pb2.Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": status_name(job.status),
+        "job_type": job.job_type,
+        "domain_id": job.domain_id,
+        "query": _struct(job, "query") or {},
+        "input": _struct(job, "input") or {},
+        "output": _struct(job, "output"),
+        "error": {"code": job.error.code, "message": job.error.message} if job.HasField("error") else None,
+        "created_at": _timestamp(job, "created_at"),
+        "updated_at": _timestamp(job, "updated_at"),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+    }
+
+
+# Reading requests.
+
+
+def _jobs(request: Request):
+    return request.app.state.jobs
+
+
+def _job_id(request: Request) -> str:
+    job_id = request.path_params["id"]
+    if len(job_id) > MAX_ID_CHARS:
+        raise BadRequest(f"job {job_id[:40]!r}... not found", 404)
+    return job_id
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(length) > MAX_BODY:
+            raise BadRequest(f"request body is larger than {MAX_BODY} bytes", 413)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise BadRequest(f"request body is larger than {MAX_BODY} bytes", 413)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("the client went away while sending the request body") from None
+    return b"".join(chunks)
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _read_object(request: Request, fields: tuple[str, ...], *, allow_empty: bool = False) -> dict[str, Any]:
+    body = await _read_body(request)
+    if not body.strip():
+        if allow_empty:
+            return {}
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        value = json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"request body must be a JSON object, not {_json_type(value)}")
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) in request body: {', '.join(unknown)}; expected {', '.join(fields) or 'none'}"
+        )
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _string(body: dict, field: str, *, required: bool = False) -> str:
+    value = body.get(field)
+    if value is None:
+        if required:
+            raise BadRequest(f"{field} is required")
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string, not {_json_type(value)}")
+    return value
+
+
+def _int32(body: dict, field: str) -> int:
+    value = body.get(field)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{field} must be an integer, not {_json_type(value)}")
+    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+        raise BadRequest(f"{field} is out of range")
+    return value
+
+
+def _check_value(value: Any, path: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"{path} is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_value(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_value(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadRequest(f"{path} is a number out of range")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        raise BadRequest(f"{path} is a number out of range")
+
+
+def _object(body: dict, field: str, target: struct_pb2.Struct) -> None:
+    """Copies body[field], a JSON object, into `target`; absent or null leaves it unset."""
+    value = body.get(field)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be an object, not {_json_type(value)}")
+    _check_value(value, field, 1)
+    target.update(value)
+
+
+def _query_int(request: Request, name: str) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return 0
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii():
+        raise BadRequest(f"{name} must be a non-negative integer, got {raw[:40]!r}")
+    value = int(text)
+    if value > INT32_MAX:
+        raise BadRequest(f"{name} is out of range, got {raw[:40]}")
+    return value
+
+
+# Handlers.
+
+
+@refusing_bad_requests
+async def list_jobs(request: Request) -> Response:
+    limit = _query_int(request, "limit")
+    offset = _query_int(request, "offset")
+    status = request.query_params.get("status") or ""
+    if status and status not in STATUSES:
+        raise BadRequest(f"unknown status {status[:40]!r}; expected one of {', '.join(STATUSES)}")
+    job_type = request.query_params.get("job_type") or ""
+    if len(job_type) > 100:
+        raise BadRequest(f"unknown job_type {job_type[:40]!r}...")
+    response = await _jobs(request).ListJobs(
+        jobs_pb2.ListJobsRequest(
+            limit=limit,
+            offset=offset,
+            status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + status.upper()) if status else 0,
+            job_type=job_type,
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    # A plain array, as the original answered.
+    return JSONResponse([job_to_json(job) for job in response.jobs])
+
+
+@refusing_bad_requests
+async def create_job(request: Request) -> Response:
+    body = await _read_object(request, CREATE_FIELDS)
+    message = jobs_pb2.CreateJobRequest(
+        job_type=_string(body, "job_type", required=True),
+        domain_id=_string(body, "domain_id"),
+        idempotency_key=_string(body, "idempotency_key"),
+        priority=_int32(body, "priority"),
+        max_attempts=_int32(body, "max_attempts"),
+    )
+    _object(body, "query", message.query)
+    _object(body, "input", message.input)
+    response = await _jobs(request).CreateJob(message, timeout=CALL_TIMEOUT)
+    # 200, not 201: the original answered a create with 200 and the job.
+    return JSONResponse(job_to_json(response.job))
+
+
+@refusing_bad_requests
+async def get_job(request: Request) -> Response:
+    response = await _jobs(request).GetJob(jobs_pb2.GetJobRequest(id=_job_id(request)), timeout=CALL_TIMEOUT)
+    return JSONResponse(job_to_json(response.job))
+
+
+@refusing_bad_requests
+async def retry_job(request: Request) -> Response:
+    job_id = _job_id(request)
+    body = await _read_object(request, RETRY_FIELDS)
+    message = jobs_pb2.RetryJobRequest(id=job_id, job_type=_string(body, "job_type", required=True))
+    _object(body, "input", message.input)
+    response = await _jobs(request).RetryJob(message, timeout=CALL_TIMEOUT)
+    return JSONResponse(job_to_json(response.job))
+
+
+@refusing_bad_requests
+async def cancel_job(request: Request) -> Response:
+    job_id = _job_id(request)
+    await _read_object(request, (), allow_empty=True)  # nothing, or {}
+    response = await _jobs(request).CancelJob(jobs_pb2.CancelJobRequest(id=job_id), timeout=CALL_TIMEOUT)
+    return JSONResponse(job_to_json(response.job))
+
+
+def _event(job: jobs_pb2.Job) -> str:
+    return f"event: job\ndata: {json.dumps(job_to_json(job), separators=(',', ':'))}\n\n"
+
+
+async def _events(call, first: jobs_pb2.WatchJobResponse, ping_interval: float) -> AsyncIterator[str]:
+    pending: asyncio.Future | None = None
+    try:
+        yield _event(first.job)
+        status = first.job.status
+        while status not in FINAL_STATUSES:
+            # One read outstanding at a time: cancelling a read cancels the call,
+            # so pings are sent while waiting rather than by timing the read out.
+            pending = asyncio.ensure_future(call.read())
+            while not (await asyncio.wait({pending}, timeout=ping_interval))[0]:
+                yield ": ping\n\n"
+            message, pending = pending.result(), None
+            if message is grpc.aio.EOF:
+                return
+            yield _event(message.job)
+            status = message.job.status
+    except grpc.aio.AioRpcError as exc:
+        error = {"error": exc.details() or exc.code().name.lower()}
+        yield f"event: error\ndata: {json.dumps(error, separators=(',', ':'))}\n\n"
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+        call.cancel()
+
+
+class EventStream(StreamingResponse):
+    """Server-Sent Events following a job; the gRPC call ends with the response,
+    however it ends (the last event, or the HTTP client going away)."""
+
+    def __init__(self, call, first: jobs_pb2.WatchJobResponse, ping_interval: float):
+        super().__init__(
+            _events(call, first, ping_interval),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.call = call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.call.cancel()
+            await self.body_iterator.aclose()
+
+
+@refusing_bad_requests
+async def job_events(request: Request) -> Response:
+    call = _jobs(request).WatchJob(jobs_pb2.WatchJobRequest(id=_job_id(request)))
+    try:
+        # The first message before answering, so an unknown job is a plain 404.
+        first = await call.read()
+    except BaseException:
+        call.cancel()
+        raise
+    if first is grpc.aio.EOF:
+        call.cancel()
+        return error_response(502, "the node ended the watch without sending the job")
+    return EventStream(call, first, request.app.state.sse_ping_interval)
+
+
+routes = [
+    Route("/api/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/api/v1/jobs", create_job, methods=["POST"]),
+    Route("/api/v1/jobs/{id}", get_job, methods=["GET"]),
+    Route("/api/v1/jobs/{id}", retry_job, methods=["PUT"]),
+    Route("/api/v1/jobs/{id}/cancel", cancel_job, methods=["POST"]),
+    Route("/api/v1/jobs/{id}/events", job_events, methods=["GET"]),
+    *openapi.routes,
+]

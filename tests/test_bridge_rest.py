@@ -1,0 +1,421 @@
+"""The REST bridge over real sockets: uvicorn serving the bridge app in the
+test's event loop, a gRPC node behind it, httpx in front of it."""
+
+import asyncio
+import contextlib
+import json
+import socket
+import uuid
+from datetime import datetime
+
+import httpx
+import pytest
+
+from server.bridge import rest
+from tests.conftest import DOMAIN_ID, running_bridge
+
+INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
+JOB_KEYS = ["id", "status", "job_type", "domain_id", "query", "input", "output", "error", "created_at", "updated_at"]
+EXTRA_KEYS = ["attempts", "max_attempts", "priority"]
+STATUS_ORDER = ["pending", "running", "completing", "uploading", "completed"]
+
+
+def create_body(**kw) -> dict:
+    body = {"job_type": "task_timing_v1", "query": {"ids": []}, "domain_id": DOMAIN_ID, "input": INPUT}
+    body.update(kw)
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def bridge_client(target: str, **app_options):
+    async with running_bridge(target, **app_options) as base:
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=15) as client:
+            yield client
+
+
+@pytest.fixture
+async def http(node):
+    async with bridge_client(f"127.0.0.1:{node.port}") as client:
+        yield client
+
+
+async def create(http: httpx.AsyncClient, **kw) -> dict:
+    response = await http.post("/api/v1/jobs", json=create_body(**kw))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def all_jobs(http: httpx.AsyncClient) -> list[dict]:
+    response = await http.get("/api/v1/jobs", params={"limit": 1000})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def check_job_shape(job: dict) -> None:
+    assert list(job) == JOB_KEYS + EXTRA_KEYS
+    assert job["status"] in ("pending", "running", "completing", "uploading", "completed", "failed", "cancelling", "cancelled")
+    uuid.UUID(job["id"])
+    for key in ("created_at", "updated_at"):
+        assert job[key].endswith("Z"), job[key]
+        assert datetime.fromisoformat(job[key].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
+    assert job["error"] is None or set(job["error"]) == {"code", "message"}
+    assert isinstance(job["query"], dict) and isinstance(job["input"], dict)
+
+
+def check_error(response: httpx.Response, status: int, match: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str)
+    assert match.lower() in body["error"].lower(), body["error"]
+    assert "\n" not in body["error"] and "Traceback" not in body["error"]
+
+
+async def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    """The events of an SSE response, to its end."""
+    events, name, data = [], None, []
+    async for line in response.aiter_lines():
+        if line.startswith(":"):
+            continue
+        if line == "":
+            if data:
+                events.append((name, json.loads("\n".join(data))))
+            name, data = None, []
+        elif line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data.append(line.split(":", 1)[1].strip())
+    return events
+
+
+# Happy paths.
+
+
+async def test_create_get_list_cancel_retry(http):
+    job = await create(http)
+    check_job_shape(job)
+    assert job["status"] == "pending" and job["job_type"] == "task_timing_v1" and job["domain_id"] == DOMAIN_ID
+    assert job["query"] == {"ids": []} and job["input"] == INPUT
+    assert job["output"] is None and job["error"] is None
+    assert job["attempts"] == 0 and job["max_attempts"] == 5 and job["priority"] == 0
+
+    got = await http.get(f"/api/v1/jobs/{job['id']}")
+    assert got.status_code == 200 and got.json() == job
+    listed = await http.get("/api/v1/jobs", params={"limit": 10})
+    assert listed.status_code == 200 and listed.json() == [job]
+
+    cancelled = await http.post(f"/api/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    check_job_shape(cancelled.json())
+    assert cancelled.json()["status"] == "cancelled"
+    # Cancelling again is harmless, and an empty object is a fine body too.
+    again = await http.post(f"/api/v1/jobs/{job['id']}/cancel", json={})
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+    new_input = {**INPUT, "prompt": "When was the blue box there?"}
+    retried = await http.put(f"/api/v1/jobs/{job['id']}", json={"job_type": "task_timing_v1", "input": new_input})
+    assert retried.status_code == 200, retried.text
+    check_job_shape(retried.json())
+    assert retried.json()["status"] == "pending" and retried.json()["input"] == new_input
+    assert retried.json()["id"] == job["id"]
+
+
+async def test_create_options_and_idempotency(http, posemesh):
+    ids = [item["id"] for item in posemesh.items(DOMAIN_ID)][:2]
+    body = create_body(query={"ids": ids}, idempotency_key="order-17", priority=3, max_attempts=2)
+    first = await http.post("/api/v1/jobs", json=body)
+    second = await http.post("/api/v1/jobs", json=body)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["id"] == second.json()["id"]
+    assert sorted(first.json()["query"]["ids"]) == sorted(ids)
+    assert first.json()["priority"] == 3 and first.json()["max_attempts"] == 2
+    assert len(await all_jobs(http)) == 1
+
+
+async def test_list_filters(http):
+    a = await create(http)
+    b = await create(http, job_type="vlm_only", input={"vlm_prompt": "hi"})
+    assert (await http.post(f"/api/v1/jobs/{a['id']}/cancel")).status_code == 200
+
+    async def ids(**params) -> list[str]:
+        response = await http.get("/api/v1/jobs", params=params)
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json(), list)
+        return [j["id"] for j in response.json()]
+
+    assert await ids() == [b["id"], a["id"]]
+    assert await ids(status="cancelled") == [a["id"]]
+    assert await ids(status="pending") == [b["id"]]
+    assert await ids(status="completed") == []
+    assert await ids(job_type="vlm_only") == [b["id"]]
+    assert await ids(job_type="task_timing_v1", status="cancelled") == [a["id"]]
+    assert await ids(limit=1) == [b["id"]]
+    assert await ids(limit=1, offset=1) == [a["id"]]
+    assert await ids(offset=2) == []
+
+
+# Bad input: refused with a clear line, and nothing stored changes.
+
+
+async def test_bad_requests_are_refused_and_change_nothing(http):
+    pending = await create(http)
+    finished = await create(http)
+    await http.post(f"/api/v1/jobs/{finished['id']}/cancel")
+    before = await all_jobs(http)
+    huge = b'{"job_type": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+
+    async def chunked():
+        for _ in range(40):
+            yield b" " * 65536
+
+    missing = str(uuid.uuid4())
+    create_cases = [
+        (dict(content=b"{not json"), 400, "request body is not valid JSON"),
+        (dict(content=b"\xff\xfe\x00garbage"), 400, "not valid JSON"),
+        (dict(content=b"[" * 100000), 400, "not valid JSON"),
+        (dict(content=b""), 400, "empty"),
+        (dict(json=[create_body()]), 400, "must be a JSON object"),
+        (dict(json="task_timing_v1"), 400, "must be a JSON object"),
+        (dict(json={k: v for k, v in create_body().items() if k != "job_type"}), 400, "job_type is required"),
+        (dict(json=create_body(job_type=5)), 400, "job_type must be a string"),
+        (dict(json=create_body(job_type="task_timing_v9")), 400, "unknown job_type"),
+        (dict(json=create_body(query="abc")), 400, "query must be an object"),
+        (dict(json=create_body(query=[])), 400, "query must be an object"),
+        (dict(json=create_body(input="abc")), 400, "input must be an object"),
+        (dict(json=create_body(domain_id=42)), 400, "domain_id must be a string"),
+        (dict(json=create_body(domain_id="../etc")), 400, "domain_id must be a UUID"),
+        (dict(json=create_body(domain_id="")), 400, "domain_id must be a UUID"),
+        (dict(json=create_body(priority="high")), 400, "priority must be an integer"),
+        (dict(json=create_body(priority=2**40)), 400, "priority is out of range"),
+        (dict(json=create_body(max_attempts=True)), 400, "max_attempts must be an integer"),
+        (dict(json=create_body(max_attempts=1.5)), 400, "max_attempts must be an integer"),
+        (dict(json=create_body(max_attempts=-1)), 400, "max_attempts"),
+        (dict(json=create_body(idempotency_key=["k"])), 400, "idempotency_key must be a string"),
+        (dict(json={**create_body(), "jobtype": "x"}), 400, "unknown field(s) in request body: jobtype"),
+        (dict(json=create_body(input={**INPUT, "promt": "x"})), 400, "unknown input field"),
+        (dict(json=create_body(query={"ids": [1]})), 400, "query.ids[0] must be a string"),
+        (dict(content=json.dumps(create_body()).replace('"ids": []', '"ids": [NaN]')), 400, "not valid JSON"),
+        (dict(content=json.dumps(create_body()).replace('"ids": []', '"ids": [], "n": 1e400')), 400, "out of range"),
+        (dict(json=create_body(input={"a": json.loads("[" * 40 + "]" * 40)})), 400, "nested"),
+        (dict(json=create_body(query={"ids": [missing]})), 400, "No data found"),
+        (dict(json=create_body(domain_id=missing)), 400, "domain"),
+        (dict(content=huge), 413, "larger than"),
+        (dict(content=chunked()), 413, "larger than"),
+    ]
+    list_cases = [
+        ({"limit": "abc"}, "limit must be a non-negative integer"),
+        ({"limit": "-1"}, "limit must be a non-negative integer"),
+        ({"limit": "1.5"}, "limit must be a non-negative integer"),
+        ({"limit": "99999999"}, "limit must be between 1 and 1000"),
+        ({"limit": "99999999999999999999"}, "limit is out of range"),
+        ({"offset": "-5"}, "offset must be a non-negative integer"),
+        ({"status": "bogus"}, "unknown status 'bogus'; expected one of pending, running"),
+        ({"status": "JOB_STATUS_PENDING"}, "unknown status"),
+        ({"job_type": "x' OR 1=1 --"}, "unknown job_type"),
+    ]
+    for params, match in list_cases:
+        check_error(await http.get("/api/v1/jobs", params=params), 400, match)
+
+    for kwargs, status, match in create_cases:
+        check_error(await http.post("/api/v1/jobs", **kwargs), status, match)
+        assert await all_jobs(http) == before, kwargs
+
+    for bad_id in (missing, "nope", "x" * 500):
+        for response in (
+            await http.get(f"/api/v1/jobs/{bad_id}"),
+            await http.get(f"/api/v1/jobs/{bad_id}/events"),
+            await http.post(f"/api/v1/jobs/{bad_id}/cancel"),
+            await http.put(f"/api/v1/jobs/{bad_id}", json={"job_type": "vlm_only", "input": {"vlm_prompt": "x"}}),
+        ):
+            check_error(response, 404, "not found")
+        assert await all_jobs(http) == before
+
+    retry_cases = [
+        (finished["id"], dict(json={"job_type": "vlm_only", "input": {"vlm_prompt": "x"}}), 400, "task_timing_v1 job"),
+        (pending["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT}), 400, "only a finished job"),
+        (finished["id"], dict(content=b"{nope"), 400, "not valid JSON"),
+        (finished["id"], dict(json=[]), 400, "must be a JSON object"),
+        (finished["id"], dict(json={"input": INPUT}), 400, "job_type is required"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": "x"}), 400, "input must be an object"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": {"prompt": "x"}}), 400, "vlm_prompt"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "id": "x"}), 400, "unknown field"),
+        (finished["id"], dict(content=huge), 413, "larger than"),
+    ]
+    for job_id, kwargs, status, match in retry_cases:
+        check_error(await http.put(f"/api/v1/jobs/{job_id}", **kwargs), status, match)
+        assert await all_jobs(http) == before, kwargs
+
+    cancel_cases = [
+        (dict(content=b"{nope"), 400, "not valid JSON"),
+        (dict(json=[1]), 400, "must be a JSON object"),
+        (dict(json={"reason": "x"}), 400, "unknown field"),
+    ]
+    for kwargs, status, match in cancel_cases:
+        check_error(await http.post(f"/api/v1/jobs/{pending['id']}/cancel", **kwargs), status, match)
+        assert await all_jobs(http) == before, kwargs
+
+    assert await all_jobs(http) == before
+
+
+async def test_cors_preflight(http):
+    response = await http.options(
+        "/api/v1/jobs",
+        headers={
+            "Origin": "https://dashboard.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "POST" in response.headers["access-control-allow-methods"]
+    simple = await http.get("/api/v1/jobs", headers={"Origin": "https://dashboard.example.com"})
+    assert simple.headers["access-control-allow-origin"] == "*"
+
+
+# Server-Sent Events.
+
+
+async def test_events_follow_a_job_to_cancelled(http):
+    job = await create(http)
+    async with http.stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        lines = response.aiter_lines()
+        # The job as it is, at once.
+        first = [await anext(lines) for _ in range(3)]
+        assert first[0] == "event: job" and first[2] == ""
+        assert json.loads(first[1].removeprefix("data: ")) == job
+        assert (await http.post(f"/api/v1/jobs/{job['id']}/cancel")).json()["status"] == "cancelled"
+        rest_lines = [line async for line in lines]
+    assert rest_lines[0] == "event: job"
+    last = json.loads(rest_lines[1].removeprefix("data: "))
+    check_job_shape(last)
+    assert last["status"] == "cancelled" and last["id"] == job["id"]
+    assert [line for line in rest_lines[2:] if line] == []
+
+
+async def test_events_follow_a_job_to_completed(http, worker, posemesh, fake_ollama):
+    fake_ollama.latency = 0.1
+    ids = [item["id"] for item in posemesh.items(DOMAIN_ID)][:2]
+    job = await create(http, job_type="vlm_only", query={"ids": ids}, input={"vlm_prompt": "What colour?"})
+    async with http.stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        assert response.status_code == 200
+        events = await asyncio.wait_for(read_events(response), 20)
+    assert {name for name, _ in events} == {"job"}
+    statuses = [data["status"] for _, data in events]
+    assert statuses[-1] == "completed", events[-1]
+    assert statuses == sorted(statuses, key=STATUS_ORDER.index) and len(set(statuses)) == len(statuses)
+    done = events[-1][1]
+    check_job_shape(done)
+    assert sorted(r["image_id"] for r in done["output"]["responses"]) == sorted(ids)
+    assert done["error"] is None
+
+    # A completed job cannot be cancelled, and refusing changes nothing.
+    before = await all_jobs(http)
+    check_error(await http.post(f"/api/v1/jobs/{job['id']}/cancel"), 400, "cannot be cancelled")
+    assert await all_jobs(http) == before
+    # Watching a finished job sends it once and ends.
+    async with http.stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        assert [data for _, data in await read_events(response)] == [done]
+
+
+async def test_events_ping_and_client_going_away_ends_the_watch(node):
+    async with bridge_client(f"127.0.0.1:{node.port}", sse_ping_interval=0.05) as http:
+        job = await create(http)
+        async with http.stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+            lines = response.aiter_lines()
+            assert await anext(lines) == "event: job"
+            seen = []
+            while ": ping" not in seen:
+                seen.append(await asyncio.wait_for(anext(lines), 5))
+            assert node.watcher.watching  # the gRPC watch is open
+        # The client went away: the bridge cancels its gRPC call, the node stops watching.
+        for _ in range(200):
+            if not node.watcher.watching:
+                break
+            await asyncio.sleep(0.025)
+        assert not node.watcher.watching
+
+
+# The API description.
+
+
+async def test_openapi_document(http):
+    response = await http.get("/openapi.json")
+    assert response.status_code == 200
+    spec = json.loads(response.content)
+    assert spec["openapi"].startswith("3.1")
+    paths = spec["paths"]
+    expected = {
+        "/api/v1/jobs": {"get", "post"},
+        "/api/v1/jobs/{id}": {"get", "put"},
+        "/api/v1/jobs/{id}/cancel": {"post"},
+        "/api/v1/jobs/{id}/events": {"get"},
+        "/api/v1/ws": {"get"},
+        "/health": {"get"},
+        "/ready": {"get"},
+    }
+    for path, methods in expected.items():
+        assert methods <= set(paths[path]), path
+    # Every REST route is described.
+    for route in rest.routes:
+        for method in route.methods - {"HEAD"}:
+            assert method.lower() in paths[route.path], (route.path, method)
+    schemas = spec["components"]["schemas"]
+    assert {"Job", "CreateJob", "RetryJob", "Error"} <= set(schemas)
+    assert schemas["Job"]["required"] == JOB_KEYS
+
+    # Every $ref resolves.
+    def refs(value):
+        if isinstance(value, dict):
+            if "$ref" in value:
+                yield value["$ref"]
+            for item in value.values():
+                yield from refs(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from refs(item)
+
+    for ref in refs(spec):
+        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+# The node out of reach.
+
+
+async def test_node_not_listening_is_503():
+    async with bridge_client(f"127.0.0.1:{free_port()}") as http:
+        for response in (
+            await http.get("/api/v1/jobs"),
+            await http.post("/api/v1/jobs", json=create_body()),
+            await http.get(f"/api/v1/jobs/{uuid.uuid4()}"),
+            await http.get(f"/api/v1/jobs/{uuid.uuid4()}/events"),
+        ):
+            check_error(response, 503, "gRPC server is not reachable")
+
+
+async def test_node_stopping_is_503(settings):
+    from server.grpc_server import NodeServer
+
+    node = NodeServer(settings)
+    await node.start()
+    stopped = False
+    try:
+        async with bridge_client(f"127.0.0.1:{node.port}") as http:
+            assert (await http.get("/api/v1/jobs")).status_code == 200
+            await node.stop(grace=0)
+            stopped = True
+            response = await http.get("/api/v1/jobs")
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]
+    finally:
+        if not stopped:
+            await node.stop(grace=0)
