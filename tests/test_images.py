@@ -123,3 +123,12 @@ def test_own_pixel_limit_names_the_dimensions():
         prepare_image(png_header_only(8000, 6000))
     with pytest.raises(BadInput, match=r"image too large: 64x48 pixels"):
         prepare_image(solid_jpeg("red", (64, 48)), max_pixels=1000)
+
+
+def test_an_upright_small_jpeg_passes_through_unchanged():
+    frame = solid_jpeg("green", (320, 240))
+    prepared = prepare_image(frame, max_side=640)
+    assert prepared.jpeg == frame and (prepared.width, prepared.height) == (320, 240)
+    # Too large, or turned by EXIF: decoded and re-encoded.
+    assert prepare_image(frame, max_side=160).jpeg != frame
+    assert prepare_image(solid_jpeg("green", (320, 240), orientation=6), max_side=640).width == 240

@@ -1,0 +1,164 @@
+"""Realtime benchmark: what the node adds to an answer's latency.
+
+Starts the fake Ollama and the node (gRPC server + bridge) as their own
+processes, then times whole answers (one frame in, last chunk out) three
+ways at 1 and at 50 concurrent streams: the ollama client calling the fake
+Ollama directly (the baseline), gRPC Infer, and the WebSocket. Prints p50/p99
+of each and what the node adds.
+
+    python -m bench.realtime [--answers 200] [--streams 50] [--size 640x480]
+"""
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import ollama
+import websockets
+from vlmnode.v1 import inference_pb2 as pb
+from vlmnode.v1 import inference_pb2_grpc
+
+from bench.database import fresh_store, percentile
+from tests.images import solid_jpeg
+
+MODEL = "moondream:1.8b"
+PROMPT = "What do you see?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+async def direct(host: str, image: bytes, n: int) -> list[float]:
+    client = ollama.AsyncClient(host=host)
+    encoded = base64.b64encode(image).decode()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        async for part in await client.generate(MODEL, PROMPT, images=[encoded], stream=True):
+            if part.done:
+                break
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def via_grpc(target: str, image: bytes, n: int) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = inference_pb2_grpc.InferenceServiceStub(channel).Infer()
+        await call.write(pb.InferRequest(config=pb.StreamConfig(prompt=PROMPT, batch_size=1)))
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await call.write(pb.InferRequest(frame=pb.Frame(image=image)))
+            while not (await call.read()).chunk.done:
+                pass
+            times.append(time.perf_counter() - start)
+        await call.done_writing()
+        return times
+
+
+async def via_websocket(url: str, image: bytes, n: int) -> list[float]:
+    async with websockets.connect(url) as ws:
+        await ws.send(PROMPT)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            await ws.send(image)
+            while not json.loads(await ws.recv())["done"]:
+                pass
+            times.append(time.perf_counter() - start)
+        return times
+
+
+async def measure(run, streams: int, per_stream: int) -> list[float]:
+    results = await asyncio.gather(*(run(per_stream) for _ in range(streams)))
+    return [t for r in results for t in r]
+
+
+def report(label: str, baseline: list[float], ours: dict[str, list[float]], targets: str) -> None:
+    b50, b99 = percentile(baseline, 50) * 1000, percentile(baseline, 99) * 1000
+    print(f"{label}: direct ollama client p50 {b50:7.2f} ms  p99 {b99:7.2f} ms  ({len(baseline)} answers)")
+    for name, times in ours.items():
+        p50, p99 = percentile(times, 50) * 1000, percentile(times, 99) * 1000
+        print(
+            f"  {name:9s} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms   added p50 {p50 - b50:+6.2f} ms"
+            f"  p99 {p99 - b99:+6.2f} ms   ratio p50 {p50 / b50:.2f}"
+        )
+    print(f"  targets: {targets}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--answers", type=int, default=200, help="answers at 1 stream")
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--per-stream", type=int, default=20, help="answers per stream at --streams")
+    parser.add_argument("--size", default="640x480", help="frame size")
+    args = parser.parse_args()
+    width, height = map(int, args.size.split("x"))
+    image = solid_jpeg("red", size=(width, height))
+
+    ollama_port, grpc_port, http_port = free_port(), free_port(), free_port()
+    async with fresh_store() as store:
+        env = {
+            **os.environ,
+            "POSTGRES_URL": store.url,
+            "OLLAMA_HOST": f"http://127.0.0.1:{ollama_port}",
+            "GRPC_PORT": str(grpc_port),
+            "HTTP_PORT": str(http_port),
+            "OLLAMA_CONCURRENCY": str(args.streams + 4),
+            "IMAGE_BATCH_SIZE": "1",  # the WebSocket's batch: one frame, one answer
+            "LOG_LEVEL": "WARNING",
+        }
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "tests.peers.fake_ollama", "--port", str(ollama_port)],
+                             stdout=subprocess.DEVNULL),
+            subprocess.Popen([sys.executable, "-m", "server.main"], env=env),
+            subprocess.Popen([sys.executable, "-m", "server.bridge.main"], env=env),
+        ]
+        try:
+            for port in (ollama_port, grpc_port, http_port):
+                await wait_port(port)
+            host, target = env["OLLAMA_HOST"], f"127.0.0.1:{grpc_port}"
+            url = f"ws://127.0.0.1:{http_port}/api/v1/ws"
+            runs = {
+                "direct": lambda n: direct(host, image, n),
+                "gRPC": lambda n: via_grpc(target, image, n),
+                "WebSocket": lambda n: via_websocket(url, image, n),
+            }
+            for run in runs.values():  # warm up connections and code paths
+                await run(5)
+            print(f"frames {width}x{height} JPEG ({len(image)} bytes), fake Ollama answering at once\n")
+            one = {name: await measure(run, 1, args.answers) for name, run in runs.items()}
+            report("1 stream", one.pop("direct"), one, "added p50 <= 2 ms, p99 <= 10 ms")
+            many = {name: await measure(run, args.streams, args.per_stream) for name, run in runs.items()}
+            report(f"{args.streams} streams", many.pop("direct"), many, "added p50 <= 5 ms")
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(20)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
