@@ -16,6 +16,7 @@ WS_OVERHEAD = 64 * 1024  # bytes a WebSocket message may carry beside a frame
 
 def uvicorn_options(settings: Settings) -> dict:
     return dict(
+        ws="websockets-sansio",
         ws_ping_interval=WS_PING_INTERVAL,
         ws_ping_timeout=WS_PING_TIMEOUT,
         ws_max_size=settings.realtime_max_frame_bytes + WS_OVERHEAD,

@@ -56,6 +56,7 @@ def describe_image(data: bytes) -> str:
     """'a WxH image, mostly <colour>'; raises OSError if Pillow cannot decode it."""
     with Image.open(io.BytesIO(data)) as im:
         width, height = im.size
+        im.draft("RGB", (16, 16))  # JPEG: decode at reduced scale, enough for a colour vote
         raw = im.convert("RGB").resize((16, 16)).tobytes()
     votes = Counter(_nearest_colour(tuple(raw[i : i + 3])) for i in range(0, len(raw), 3))
     return f"a {width}x{height} image, mostly {votes.most_common(1)[0][0]}"
