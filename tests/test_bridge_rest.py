@@ -419,3 +419,10 @@ async def test_node_stopping_is_503(settings):
     finally:
         if not stopped:
             await node.stop(grace=0)
+
+
+async def test_unknown_paths_and_methods_answer_json(http):
+    check_error(await http.get("/api/v1/nothing-here"), 404, "Not Found")
+    response = await http.delete("/api/v1/jobs")
+    check_error(response, 405, "Method Not Allowed")
+    assert "GET" in response.headers["allow"]

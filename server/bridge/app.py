@@ -6,12 +6,13 @@ import contextlib
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.bridge import health, rest, websocket
-from server.bridge.errors import grpc_error_handler
+from server.bridge.errors import grpc_error_handler, http_error_handler
 
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
 
@@ -40,7 +41,7 @@ def create_app(target: str, *, sse_ping_interval: float = 15.0) -> Starlette:
         middleware=[
             Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"])
         ],
-        exception_handlers={grpc.aio.AioRpcError: grpc_error_handler},
+        exception_handlers={grpc.aio.AioRpcError: grpc_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,
     )
     app.state.sse_ping_interval = sse_ping_interval

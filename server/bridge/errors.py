@@ -1,6 +1,7 @@
 """gRPC status codes as HTTP answers: one JSON body, `{"error": "<message>"}`."""
 
 import grpc
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -27,3 +28,11 @@ async def grpc_error_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSO
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
         return error_response(503, "the node's gRPC server is not reachable")
     return error_response(HTTP_STATUS.get(code, 500), exc.details() or code.name.lower())
+
+
+async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown paths and wrong methods answer in the same JSON shape."""
+    response = error_response(exc.status_code, exc.detail)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
