@@ -27,6 +27,7 @@ check: $(STAMP)
 	scripts/generate.sh --check
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
+	scripts/check-breaking.sh
 
 test: check
 	$(PY) -m pytest
@@ -34,6 +35,7 @@ test: check
 bench: $(STAMP)
 	$(PY) -m bench.queue
 	$(PY) -m bench.task_timing
+	$(PY) -m bench.realtime
 
 clean:
 	rm -rf $(VENV) .vlmnode-data
