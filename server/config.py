@@ -5,6 +5,7 @@ naming it (`ConfigError`).
 """
 
 import os
+import sys
 from dataclasses import dataclass, fields
 from typing import Mapping
 
@@ -123,3 +124,18 @@ class Settings:
             else:
                 parsed[key] = raw
         return cls(**{**values, **parsed})
+
+
+def load(program: str, *, need_postgres: bool = False) -> Settings:
+    """The settings of a process, with logging set up; a bad setting ends the
+    process with one line."""
+    from server import logs
+
+    try:
+        settings = Settings.from_env()
+        if need_postgres and not settings.postgres_url:
+            raise ConfigError("POSTGRES_URL is required (or use `make run`, which starts a private PostgreSQL)")
+    except ConfigError as exc:
+        sys.exit(f"{program}: {exc}")
+    logs.setup(settings.log_level)
+    return settings

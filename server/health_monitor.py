@@ -7,6 +7,7 @@ import logging
 
 from grpc_health.v1 import health, health_pb2
 
+from server.background import BackgroundDuty
 from server.engine import OllamaEngine
 from server.store import JobStore
 
@@ -19,13 +20,15 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class HealthMonitor:
+class HealthMonitor(BackgroundDuty):
+    name = "health-monitor"
+
     def __init__(self, servicer: health.aio.HealthServicer, store: JobStore, engine: OllamaEngine,
                  *, jobs_service: str, inference_service: str):
+        super().__init__()
         self.servicer = servicer
         self.checks = {jobs_service: store.ping, inference_service: engine.version}
         self._last: dict[str, int] = {}
-        self._task: asyncio.Task | None = None
 
     async def check_once(self) -> None:
         for service, probe in self.checks.items():
@@ -40,15 +43,7 @@ class HealthMonitor:
                 await self.servicer.set(service, status)
                 self._last[service] = status
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="health-monitor")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             await self.check_once()
             await asyncio.sleep(CHECK_INTERVAL)

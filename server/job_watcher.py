@@ -8,26 +8,21 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator
 
+from server.background import BackgroundDuty
 from server.store import JOB_EVENTS_CHANNEL, JobStore
 
 log = logging.getLogger(__name__)
 
 
-class JobWatcher:
+class JobWatcher(BackgroundDuty):
+    name = "job-watcher"
+
     def __init__(self, store: JobStore):
+        super().__init__()
         self.store = store
         self._subscribers: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="job-watcher")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         async for payload in self.store.listen(JOB_EVENTS_CHANNEL):
             if not payload:  # (re)connected: changes may have been missed
                 for events in self._subscribers.values():

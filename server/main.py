@@ -1,20 +1,12 @@
 """`python -m server.main`: the gRPC server process."""
 
 import asyncio
-import sys
 
-from server import logs
-from server.config import ConfigError, Settings
+from server.config import load
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-        if not settings.postgres_url:
-            raise ConfigError("POSTGRES_URL is required (or use `make run`, which starts a private PostgreSQL)")
-    except ConfigError as exc:
-        sys.exit(f"vlm-node-server: {exc}")
-    logs.setup(settings.log_level)
+    settings = load("vlm-node-server", need_postgres=True)
     from server.grpc_server import serve
 
     asyncio.run(serve(settings))

@@ -11,19 +11,14 @@ import subprocess
 import sys
 import time
 
-from server import logs
-from server.config import ConfigError, Settings
+from server.config import load
 from server.embedded_postgres import EmbeddedPostgres
 
 DEFAULT_DATA_DIR = ".vlmnode-data"
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.exit(f"vlm-node: {exc}")
-    logs.setup(settings.log_level)
+    settings = load("vlm-node")
     env = dict(os.environ)
     pg = None
     if not settings.postgres_url:

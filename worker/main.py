@@ -2,10 +2,8 @@
 
 import asyncio
 import signal
-import sys
 
-from server import logs
-from server.config import ConfigError, Settings
+from server.config import Settings, load
 
 
 async def _run(settings: Settings) -> None:
@@ -32,14 +30,7 @@ async def _run(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-        if not settings.postgres_url:
-            raise ConfigError("POSTGRES_URL is required (or use `make run`, which starts a private PostgreSQL)")
-    except ConfigError as exc:
-        sys.exit(f"vlm-node-worker: {exc}")
-    logs.setup(settings.log_level)
-    asyncio.run(_run(settings))
+    asyncio.run(_run(load("vlm-node-worker", need_postgres=True)))
 
 
 if __name__ == "__main__":

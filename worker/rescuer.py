@@ -7,26 +7,21 @@ import logging
 import psycopg
 import psycopg_pool
 
+from server.background import BackgroundDuty
 from server.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
-class JobRescuer:
+class JobRescuer(BackgroundDuty):
+    name = "job-rescuer"
+
     def __init__(self, store: JobStore, *, interval: float):
+        super().__init__()
         self.store = store
         self.interval = interval  # seconds between sweeps
-        self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="job-rescuer")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:

@@ -2,12 +2,9 @@
 the gRPC server (`server.node` starts it). GRPC_TARGET points it at a remote
 node; by default it uses localhost:GRPC_PORT."""
 
-import sys
-
 import uvicorn
 
-from server import logs
-from server.config import ConfigError, Settings
+from server.config import Settings, load
 
 WS_PING_INTERVAL = 10.0  # seconds, as the original server pinged
 WS_PING_TIMEOUT = 20.0  # seconds without a pong before the socket is closed
@@ -26,11 +23,7 @@ def uvicorn_options(settings: Settings) -> dict:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        sys.exit(f"vlm-node-bridge: {exc}")
-    logs.setup(settings.log_level)
+    settings = load("vlm-node-bridge")
     from server.bridge.app import create_app
 
     target = settings.grpc_target or f"localhost:{settings.grpc_port}"

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.peers.http_server import ThreadedServer
+from tests.peers.http_server import Peer, ThreadedServer
 
 DEFAULT_MODELS = ("moondream:1.8b", "llama3:latest")
 PALETTE = [
@@ -131,7 +131,7 @@ class _NDJSON(StreamingResponse):
                 self.on_end(self.sent == self.total)
 
 
-class FakeOllama:
+class FakeOllama(Peer):
     """Options: `models` known at start; `latency` (s) before each generate/chat answer; `token_delay`
     (s) between streamed chunks; `fail_rate` of generate/chat answered HTTP 500 (seeded by `seed`);
     `pullable` models (None: any). `mode`, settable at any time: "ok", "error" (500 on everything),
@@ -164,19 +164,6 @@ class FakeOllama:
     def url(self) -> str:
         port = self._http.port if self._http.port is not None else self._port
         return f"http://{self._http.host}:{port}"
-
-    def start(self) -> "FakeOllama":
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        self._http.stop()  # idempotent; releases hanging requests
-
-    def __enter__(self) -> "FakeOllama":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # -- behaviour switches ----------------------------------------------------------
     async def _misbehaviour(self) -> Response | None:

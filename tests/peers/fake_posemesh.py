@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.peers.http_server import ThreadedServer
+from tests.peers.http_server import Peer, ThreadedServer
 
 DEMO_DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
 DEMO_EMAIL = "demo@vlm-node.local"
@@ -112,7 +112,7 @@ class _HTTPError(Exception):
 # --------------------------------------------------------------------------- #
 
 
-class FakePosemesh:
+class FakePosemesh(Peer):
     def __init__(
         self,
         *,
@@ -161,23 +161,6 @@ class FakePosemesh:
         self._http = ThreadedServer(self._build_app(), port=port, name="fake-posemesh")
 
     # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> FakePosemesh:
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    def __enter__(self) -> FakePosemesh:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
 
     @property
     def api_url(self) -> str:

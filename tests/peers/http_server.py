@@ -116,3 +116,27 @@ class ThreadedServer:
         """Sleep until the server stops or `still()` turns false."""
         while not self.stopping.is_set() and still():
             await asyncio.sleep(HANG_POLL)
+
+
+class Peer:
+    """What every test peer shares: its `ThreadedServer` in `self._http`,
+    started and stopped with the peer, and `with` support."""
+
+    _http: ThreadedServer
+
+    def start(self):
+        self._http.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.stop()  # idempotent; releases hanging requests
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.peers.http_server import ThreadedServer
+from tests.peers.http_server import Peer, ThreadedServer
 
 MODES = ("ok", "down", "hang")
 
@@ -47,7 +47,7 @@ def _expected_signature(secret: str, ts: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-class WebhookReceiver:
+class WebhookReceiver(Peer):
     def __init__(self, *, secret: str | None = None, reject_bad_signatures: bool = False) -> None:
         self.secret = secret
         self.reject_bad_signatures = reject_bad_signatures
@@ -63,23 +63,6 @@ class WebhookReceiver:
         )
 
     # ------------------------------------------------------------ lifecycle
-
-    def start(self) -> WebhookReceiver:
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        self._http.stop()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
 
     @property
     def url(self) -> str:
