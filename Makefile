@@ -30,6 +30,7 @@ check: $(STAMP)
 	scripts/check-breaking.sh
 
 test: check
+	scripts/ensure-chromium.sh
 	$(PY) -m pytest
 
 bench: $(STAMP)
