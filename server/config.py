@@ -84,6 +84,7 @@ class Settings:
     realtime_max_batch: int = 16  # frames per realtime answer
     realtime_idle_timeout: float = 300.0  # seconds a stream may stay silent
     realtime_flush_after: float = 2.0  # seconds of quiet before queued frames are answered
+    ws_ping_interval: float = 10.0  # seconds between the bridge's WebSocket pings, as the original
     webhook_secret: str = ""
     webhook_attempts: int = 5
     log_level: str = "INFO"

@@ -185,3 +185,35 @@ async def test_the_original_javascript_client(ws_url, tmp_path):
     assert "WebSocket connected" in out
     assert "Compute Node response done: a 64x48 image, mostly red; a 64x48 image, mostly green" in out
     assert "not in expected format" not in out
+
+
+async def test_the_server_pings(settings):
+    """Read raw frames with the websockets sans-I/O client: a PING arrives
+    every WS_PING_INTERVAL."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.uri import parse_uri
+
+    settings = dataclasses.replace(settings, ws_ping_interval=0.2)
+    node = NodeServer(settings)
+    await node.start()
+    async with running_bridge(f"127.0.0.1:{node.port}", settings) as base:
+        url = base.replace("http://", "ws://") + "/api/v1/ws"
+        uri = parse_uri(url)
+        reader, writer = await asyncio.open_connection(uri.host, uri.port)
+        protocol = ClientProtocol(uri)
+        protocol.send_request(protocol.connect())
+        pings = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while pings < 2 and loop.time() < deadline:
+            for data in protocol.data_to_send():
+                writer.write(data)
+            await writer.drain()
+            protocol.receive_data(await asyncio.wait_for(reader.read(65536), 5))
+            pings += sum(1 for e in protocol.events_received() if isinstance(e, Frame) and e.opcode == Opcode.PING)
+        for data in protocol.data_to_send():  # the pongs
+            writer.write(data)
+        writer.close()
+    await node.stop(grace=0.5)
+    assert pings >= 2

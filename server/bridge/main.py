@@ -6,16 +6,14 @@ import uvicorn
 
 from server.config import Settings, load
 
-WS_PING_INTERVAL = 10.0  # seconds, as the original server pinged
-WS_PING_TIMEOUT = 20.0  # seconds without a pong before the socket is closed
 WS_OVERHEAD = 64 * 1024  # bytes a WebSocket message may carry beside a frame
 
 
 def uvicorn_options(settings: Settings) -> dict:
     return dict(
         ws="websockets-sansio",
-        ws_ping_interval=WS_PING_INTERVAL,
-        ws_ping_timeout=WS_PING_TIMEOUT,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=2 * settings.ws_ping_interval,  # no pong for this long: the client is gone
         ws_max_size=settings.realtime_max_frame_bytes + WS_OVERHEAD,
         log_level=settings.log_level.lower(),
         access_log=False,

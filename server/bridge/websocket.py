@@ -6,7 +6,7 @@ JSON `{"response": "...", "done": bool}` as the model streams them (the last
 one also names the frames answered and how many were dropped while the model
 was busy); images sent before any prompt get the text message "No prompt
 received for image batch". `?num_predict=N` limits the answer length.
-Keep-alive pings every 10 s are uvicorn's (see server/bridge/main.py).
+Keep-alive pings (every WS_PING_INTERVAL, 10 s) are uvicorn's (server/bridge/main.py).
 """
 
 import asyncio
