@@ -21,10 +21,12 @@ class JobWatcher(BackgroundDuty):
         super().__init__()
         self.store = store
         self._subscribers: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self.listening = asyncio.Event()  # set once notifications reach us
 
     async def run(self) -> None:
         async for payload in self.store.listen(JOB_EVENTS_CHANNEL):
             if not payload:  # (re)connected: changes may have been missed
+                self.listening.set()
                 for events in self._subscribers.values():
                     for event in events:
                         event.set()
