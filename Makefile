@@ -20,10 +20,14 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m scripts.demo
 
+NPM_CI := npm ci --no-audit --no-fund --loglevel=error
+
 generate: $(STAMP)
+	cd clients/typescript && $(NPM_CI)
 	scripts/generate.sh
 
 check: $(STAMP)
+	cd clients/typescript && $(NPM_CI)
 	scripts/generate.sh --check
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code

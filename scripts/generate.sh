@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Generates the Python messages, stubs and typings from protos/ into
-# clients/python/. With --check, generates into a temporary folder and fails
-# when the committed code differs.
+# clients/python/, and the TypeScript code into clients/typescript/src/gen/
+# (buf generate with buf.gen.yaml and the npm package's own protoc-gen-es).
+# With --check, generates into a temporary folder and fails when the
+# committed code differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -22,8 +24,29 @@ rm -f "$out"/vlmnode/v1/*_pb2*.py "$out"/vlmnode/v1/*_pb2*.pyi
   protos/vlmnode/v1/*.proto
 : > "$out/vlmnode/v1/__init__.py"
 
+# TypeScript. buf prepends -o to the `out` of buf.gen.yaml, so --check writes
+# to $out/clients/typescript/src/gen. The plugin is the package's pinned
+# protoc-gen-es: install the package from its lock when it is missing.
+BUF=${BUF:-buf}  # the virtual environment's, from buf-bin
+if [[ ! -x clients/typescript/node_modules/.bin/protoc-gen-es ]]; then
+  echo "clients/typescript: npm ci (for protoc-gen-es)" >&2
+  (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+ts_base=.
 if [[ "${1:-}" == "--check" ]]; then
+  ts_base=$out
+fi
+"$BUF" generate --template buf.gen.yaml -o "$ts_base"
+
+if [[ "${1:-}" == "--check" ]]; then
+  stale=0
   if ! diff -r -x __pycache__ -x '*.egg-info' "$out/vlmnode/v1" clients/python/vlmnode/v1; then
+    stale=1
+  fi
+  if ! diff -r "$out/clients/typescript/src/gen" clients/typescript/src/gen; then
+    stale=1
+  fi
+  if [[ $stale == 1 ]]; then
     echo "generated code is stale: run scripts/generate.sh and commit the result" >&2
     exit 1
   fi
