@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test check bench generate clean
+.PHONY: run demo test check check-deploy docker bench generate clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ check: $(STAMP)
 test: check
 	scripts/ensure-chromium.sh
 	$(PY) -m pytest
+
+check-deploy: $(STAMP)
+	scripts/check-deploy.sh
+
+docker:
+	@test -f .env.local || { touch .env.local; echo "make docker: created an empty .env.local; put POSEMESH_EMAIL and POSEMESH_PASSWORD in it"; }
+	docker compose up -d --build
 
 bench: $(STAMP)
 	$(PY) -m bench.queue
