@@ -85,9 +85,18 @@ class Settings:
     realtime_idle_timeout: float = 300.0  # seconds a stream may stay silent
     realtime_flush_after: float = 2.0  # seconds of quiet before queued frames are answered
     ws_ping_interval: float = 10.0  # seconds between the bridge's WebSocket pings, as the original
+    auth_tokens: str = ""  # comma-separated bearer tokens; none: the node is open
+    auth_tokens_file: str = ""  # one token a line
+    tls_cert_file: str = ""  # PEM; with tls_key_file, gRPC and the bridge serve TLS
+    tls_key_file: str = ""
+    grpc_ca_file: str = ""  # the bridge's trust for a TLS gRPC server; default tls_cert_file
     webhook_secret: str = ""
     webhook_attempts: int = 5
     log_level: str = "INFO"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file and self.tls_key_file)
 
     @property
     def posemesh_configured(self) -> bool:
@@ -124,7 +133,14 @@ class Settings:
                 parsed[key] = _float(name, raw, 0.001, 86_400)
             else:
                 parsed[key] = raw
-        return cls(**{**values, **parsed})
+        settings = cls(**{**values, **parsed})
+        if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+        for name in ("tls_cert_file", "tls_key_file", "grpc_ca_file", "auth_tokens_file"):
+            path = getattr(settings, name)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{name.upper()} {path!r} is not a file")
+        return settings
 
 
 def load(program: str, *, need_postgres: bool = False) -> Settings:

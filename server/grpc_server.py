@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
+from server.auth import BearerAuthInterceptor, Tokens
 from server.config import Settings
 from server.health_monitor import HealthMonitor
 from server.inference_service import InferenceService
@@ -49,7 +50,9 @@ class NodeServer:
             image_max_side=settings.image_max_side,
         )
         max_message = settings.realtime_max_frame_bytes + MESSAGE_OVERHEAD
+        self.tokens = Tokens.from_settings(settings)
         self.server = grpc.aio.server(
+            interceptors=[BearerAuthInterceptor(self.tokens)] if self.tokens.enabled else [],
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max(max_message, 16 * 1024 * 1024)),
@@ -86,12 +89,19 @@ class NodeServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(self.address)
+        if self.settings.tls:
+            with open(self.settings.tls_key_file, "rb") as key, open(self.settings.tls_cert_file, "rb") as cert:
+                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            self.port = self.server.add_secure_port(self.address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(self.address)
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.monitor.check_once()
         self.monitor.start()
-        log.info("gRPC server listening on %s", self.address.rsplit(":", 1)[0] + f":{self.port}")
+        log.info("gRPC server listening on %s%s", self.address.rsplit(":", 1)[0] + f":{self.port}",
+                 " (TLS)" if self.settings.tls else "")
+        self.tokens.say_if_open(f"gRPC port {self.port}")
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         await self.monitor.stop()

@@ -11,25 +11,38 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
+from server.auth import Tokens
 from server.bridge import health, rest, websocket
+from server.bridge.auth import RequireToken, forward_token
 from server.bridge.errors import grpc_error_handler, http_error_handler
 
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
 
 
-def create_app(target: str, *, sse_ping_interval: float = 15.0) -> Starlette:
-    """`target` is the gRPC server's address, e.g. "localhost:50051";
-    event streams send a keep-alive comment every `sse_ping_interval` seconds."""
+def create_app(
+    target: str,
+    *,
+    tokens: Tokens | None = None,
+    root_certificates: bytes | None = None,
+    sse_ping_interval: float = 15.0,
+) -> Starlette:
+    """`target` is the gRPC server's address, e.g. "localhost:50051", reached
+    over TLS when `root_certificates` are given; callers must bring one of
+    `tokens`; event streams send a keep-alive comment every
+    `sse_ping_interval` seconds."""
+    tokens = tokens or Tokens([])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
-                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+        ]
+        if root_certificates:
+            credentials = grpc.ssl_channel_credentials(root_certificates)
+            channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=forward_token())
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options, interceptors=forward_token())
         app.state.jobs = jobs_pb2_grpc.JobServiceStub(channel)
         app.state.inference = inference_pb2_grpc.InferenceServiceStub(channel)
         app.state.health = health_pb2_grpc.HealthStub(channel)
@@ -39,7 +52,8 @@ def create_app(target: str, *, sse_ping_interval: float = 15.0) -> Starlette:
     app = Starlette(
         routes=[*rest.routes, *websocket.routes, *health.routes],
         middleware=[
-            Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"])
+            Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"]),
+            Middleware(RequireToken, tokens=tokens),
         ],
         exception_handlers={grpc.aio.AioRpcError: grpc_error_handler, HTTPException: http_error_handler},
         lifespan=lifespan,

@@ -77,8 +77,15 @@ async def _node_to_client(websocket: WebSocket, call) -> None:
         await websocket.send_text(json.dumps(answer))
 
 
+def _subprotocol(websocket: WebSocket) -> str | None:
+    """A browser fails the socket unless the server picks one of the
+    subprotocols it offered: prefer one that is not the bearer token."""
+    offered = websocket.scope.get("subprotocols") or []
+    return next((p for p in offered if not p.startswith("bearer.")), offered[0] if offered else None)
+
+
 async def realtime(websocket: WebSocket) -> None:
-    await websocket.accept()
+    await websocket.accept(subprotocol=_subprotocol(websocket))
     try:
         num_predict = _num_predict(websocket)
     except ValueError as exc:
