@@ -1,0 +1,7 @@
+"""`python -m vlmnode` runs the `vlmnode` command."""
+
+import sys
+
+from vlmnode.cli import main
+
+sys.exit(main())
