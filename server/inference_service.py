@@ -3,10 +3,12 @@ Session."""
 
 import asyncio
 import logging
+import uuid
 from typing import AsyncIterator
 
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
+from server import logs
 from server.engine import OllamaEngine
 from server.errors import BadInput, TimedOut
 from server.grpc_errors import translate_errors
@@ -39,6 +41,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
             first.config, self.limits, default_model=self.default_model, default_batch=self.default_batch
         )
         session = Session(self.engine, settings, self.limits)
+        logs.stream_id.set(uuid.uuid4().hex[:12])  # on this stream's log lines
         reader = asyncio.create_task(self._read(requests, session))
         self.active += 1
         log.info("stream opened: model %s, batch %d", settings.model, settings.batch_size)

@@ -59,6 +59,10 @@ def job_to_proto(row: dict[str, Any]) -> jobs_pb2.Job:
     return job
 
 
+def _about(row: dict[str, Any]) -> dict[str, str]:
+    return {"job_id": str(row["id"])}
+
+
 def struct_to_dict(message: struct_pb2.Struct, present: bool) -> dict[str, Any]:
     return json_format.MessageToDict(message) if present else {}
 
@@ -109,7 +113,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             max_attempts=request.max_attempts or self.default_max_attempts,
         )
         if created:
-            log.info("job %s created: %s, %d images", row["id"], row["job_type"], len(images))
+            log.info("job %s created: %s, %d images", row["id"], row["job_type"], len(images), extra=_about(row))
         return jobs_pb2.CreateJobResponse(job=job_to_proto(row))
 
     @translate_errors
@@ -134,13 +138,13 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         data = struct_to_dict(request.input, request.HasField("input"))
         validate_input(job_type, data)
         row = await self.store.retry_job(request.id, job_type=job_type, input=data)
-        log.info("job %s retried", row["id"])
+        log.info("job %s retried", row["id"], extra=_about(row))
         return jobs_pb2.RetryJobResponse(job=job_to_proto(row))
 
     @translate_errors
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.CancelJobResponse:
         row = await self.store.cancel_job(request.id)
-        log.info("job %s %s", row["id"], row["status"])
+        log.info("job %s %s", row["id"], row["status"], extra=_about(row))
         return jobs_pb2.CancelJobResponse(job=job_to_proto(row))
 
     @translate_errors

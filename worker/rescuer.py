@@ -26,6 +26,6 @@ class JobRescuer(BackgroundDuty):
             await asyncio.sleep(self.interval)
             try:
                 for row in await self.store.rescue_jobs():
-                    log.warning("job %s: lease expired; now %s", row["id"], row["status"])
+                    log.warning("job %s: lease expired; now %s", row["id"], row["status"], extra={"job_id": str(row["id"])})
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 log.warning("rescuer cannot reach the database: %s", exc)

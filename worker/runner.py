@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import psycopg_pool
 
+from server import logs
 from server.errors import NodeError
 from server.retry import RetryStrategy
 from server.store import JOBS_READY_CHANNEL, Claim, JobStore
@@ -149,10 +150,11 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run_job(self, claim: Claim) -> None:
+        logs.job_id.set(str(claim.id))  # this task's and its children's log lines
         work = asyncio.create_task(self._attempt(claim))
         keeper = asyncio.create_task(self._keep_lease(claim, work))
         try:
-            await work
+            failure = await work
         except asyncio.CancelledError:
             reason = keeper.result() if keeper.done() else None
             if reason == "lost":
@@ -163,20 +165,30 @@ class Worker:
                 stopped = {"code": "worker_stopped", "message": f"worker {self.id} stopped"}
                 await asyncio.shield(self._finish(claim, "pending", error=stopped))
                 raise
+            return
         finally:
             keeper.cancel()
+        url = claim.job["input"].get("webhook_url") or ""
+        if failure is not None and url:
+            # The job is no longer held, so no lease to keep: say why it failed.
+            try:
+                await self._deliver(url, claim, data=None, error=failure)
+            except NodeError as exc:
+                log.warning("job %s: could not report the failure to its webhook: %s", claim.id, exc.message)
 
-    async def _attempt(self, claim: Claim) -> None:
-        """Runs the pipeline and records the outcome, webhook included, all
-        under the lease."""
+    async def _attempt(self, claim: Claim) -> dict | None:
+        """Runs the pipeline and records the outcome, a successful webhook
+        delivery included, under the lease. Returns the error of a job that
+        failed for good, for its webhook."""
         try:
             output = await self.pipelines[claim.job["job_type"]](_Context(self.store, claim), self.peers)
         except JobCancelled:
             await self._finish(claim, "cancelled", error=CANCELLED)
         except Exception as exc:
-            await self._failed(claim, exc)
+            return await self._failed(claim, exc)
         else:
             await self._completed(claim, output)
+        return None
 
     async def _keep_lease(self, claim: Claim, work: asyncio.Task) -> str:
         """Renews the lease while the attempt runs; cancels it when the job
@@ -205,7 +217,7 @@ class Worker:
                 return
         await self._finish(claim, "completed", output=output)
 
-    async def _failed(self, claim: Claim, exc: Exception) -> None:
+    async def _failed(self, claim: Claim, exc: Exception) -> dict | None:
         if isinstance(exc, NodeError):
             error, transient = {"code": exc.code, "message": exc.message}, exc.transient
         elif isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
@@ -217,15 +229,10 @@ class Worker:
             delay = self.retry.delay(claim.attempt)
             log.warning("job %s: attempt %d failed (%s); retrying in %.1f s", claim.id, claim.attempt, error["message"], delay)
             await self._finish(claim, "pending", error=error, retry_in=delay)
-            return
+            return None
         log.warning("job %s failed: %s", claim.id, error["message"])
         row = await self._finish(claim, "failed", error=error)
-        url = claim.job["input"].get("webhook_url") or ""
-        if row is not None and url:
-            try:
-                await self._deliver(url, claim, data=None, error=error)
-            except NodeError as exc:
-                log.warning("job %s: could not report the failure to its webhook: %s", claim.id, exc.message)
+        return error if row is not None and row["status"] == "failed" else None
 
     async def _deliver(self, url: str, claim: Claim, *, data: dict | None, error: dict | None) -> None:
         await deliver(
