@@ -77,6 +77,8 @@ class Settings:
     job_max_images: int = 1000  # images one job may take
     worker_jobs: int = 1  # jobs one worker runs at once
     workers: int = 1  # worker processes `python -m server.node` starts
+    metrics_port: int = 9100  # the gRPC server process's /metrics and /health; 0: any free port
+    worker_health_port: int = 8081  # a worker's /health and /metrics; 0: any free port
     job_lease: float = 30.0  # seconds a claim lasts without renewal
     job_max_attempts: int = 5
     job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time

@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import httpx
 import ollama
 
-from server.errors import PeerRefused, PeerUnavailable
+from server import metrics
+from server.errors import NodeError, PeerRefused, PeerUnavailable
 
 DEFAULT_TIMEOUT = 120.0  # seconds; per network step (connect, each read), not per whole answer
 DEFAULT_CONCURRENCY = 4  # requests to Ollama at once
@@ -157,6 +159,19 @@ class OllamaEngine:
     # -- errors ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _talking(self, model: str | None = None):
+        """Times the request and counts its failure, by model."""
+        started = time.perf_counter()
+        try:
+            async with self._translating(model):
+                yield
+        except NodeError as e:
+            metrics.OLLAMA_ERRORS.labels(model or "", e.code).inc()
+            raise
+        finally:
+            metrics.OLLAMA_SECONDS.labels(model or "").observe(time.perf_counter() - started)
+
+    @contextlib.asynccontextmanager
+    async def _translating(self, model: str | None = None):
         """Turn whatever the client or httpx raises into our errors."""
         try:
             yield

@@ -16,7 +16,9 @@ from server.health_monitor import HealthMonitor
 from server.inference_service import InferenceService
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
+from server.ops_http import OpsServer
 from server.peers import check_ollama, domain_client, ollama_engine
+from server.queue_gauges import QueueGauges
 from server.realtime import RealtimeLimits
 from server.store import JobStore
 
@@ -42,6 +44,8 @@ class NodeServer:
         self.monitor = HealthMonitor(
             self.health, self.store, self.engine, jobs_service=JOB_SERVICE, inference_service=INFERENCE_SERVICE
         )
+        self.gauges = QueueGauges(self.store)
+        self.ops = OpsServer(settings.http_host, settings.metrics_port, self._health)
         self.limits = RealtimeLimits(
             max_frame_bytes=settings.realtime_max_frame_bytes,
             max_batch=settings.realtime_max_batch,
@@ -99,11 +103,19 @@ class NodeServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.monitor.check_once()
         self.monitor.start()
+        self.gauges.start()
+        self.ops.start()
         log.info("gRPC server listening on %s%s", self.address.rsplit(":", 1)[0] + f":{self.port}",
                  " (TLS)" if self.settings.tls else "")
         self.tokens.say_if_open(f"gRPC port {self.port}")
 
+    async def _health(self) -> dict:
+        await self.store.ping()
+        return {"grpc_port": self.port}
+
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        await self.ops.stop()
+        await self.gauges.stop()
         await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)

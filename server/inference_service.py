@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
-from server import logs
+from server import logs, metrics
 from server.engine import OllamaEngine
 from server.errors import BadInput, TimedOut
 from server.grpc_errors import translate_errors
@@ -23,7 +23,6 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         self.limits = limits
         self.default_model = default_model
         self.default_batch = default_batch
-        self.active = 0
 
     async def _next(self, requests: AsyncIterator) -> inference_pb2.InferRequest | None:
         try:
@@ -43,13 +42,13 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         session = Session(self.engine, settings, self.limits)
         logs.stream_id.set(uuid.uuid4().hex[:12])  # on this stream's log lines
         reader = asyncio.create_task(self._read(requests, session))
-        self.active += 1
+        metrics.STREAMS.inc()
         log.info("stream opened: model %s, batch %d", settings.model, settings.batch_size)
         try:
             async for response in session.answers():
                 yield response
         finally:
-            self.active -= 1
+            metrics.STREAMS.dec()
             reader.cancel()
             log.info("stream closed: %d answers, %d frames dropped", session.answers_sent, session.dropped)
 

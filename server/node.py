@@ -40,7 +40,14 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-m", "server.main"], env=env),
         subprocess.Popen([sys.executable, "-m", "server.bridge.main"], env=env),
     ]
-    children += [subprocess.Popen([sys.executable, "-m", "worker.main"], env=env) for _ in range(settings.workers)]
+    # Each worker on this machine gets its own health port.
+    children += [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker.main"],
+            env={**env, "WORKER_HEALTH_PORT": str(settings.worker_health_port + n if settings.worker_health_port else 0)},
+        )
+        for n in range(settings.workers)
+    ]
     try:
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 from vlmnode.v1 import inference_pb2
 
+from server import metrics
 from server.engine import OllamaEngine
 from server.errors import BadInput, NodeError, TooLarge
 from server.images import check_image, prepare_image
@@ -110,9 +111,11 @@ class Session:
         except BadInput as exc:
             raise BadInput(f"frame {frame.id or self._frames_seen + 1}: {exc.message}") from None
         self._frames_seen += 1
+        metrics.FRAMES.inc()
         if len(self.queued) >= self.settings.batch_size:
             self.queued.popleft()  # the model is busy: keep the newest batch
             self.dropped += 1
+            metrics.FRAMES_DROPPED.inc()
         self.queued.append(QueuedFrame(frame.id or f"frame-{self._frames_seen}", frame.image))
         self._last_frame = time.monotonic()
         self._changed.set()

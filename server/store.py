@@ -201,6 +201,11 @@ class JobStore:
     async def ping(self) -> None:
         await self._one("ping")
 
+    async def queue_stats(self) -> tuple[int, float]:
+        """Pending jobs that are due, and the age in seconds of the oldest pending one."""
+        row = await self._one("queue_stats")
+        return row["depth"], row["oldest_seconds"]
+
     async def count_by_status(self) -> dict[str, int]:
         return {row["status"]: row["n"] for row in await self._all("count_jobs_by_status")}
 

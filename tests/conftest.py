@@ -121,6 +121,8 @@ def settings(database_url, fake_ollama, posemesh):
         job_retry_wait=0.05,
         webhook_secret="s3cret",
         webhook_attempts=3,
+        metrics_port=0,
+        worker_health_port=0,
     )
 
 

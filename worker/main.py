@@ -7,6 +7,7 @@ from server.config import Settings, load
 
 
 async def _run(settings: Settings) -> None:
+    from server.ops_http import OpsServer
     from server.peers import check_ollama, domain_client, ollama_engine
     from server.store import JobStore
     from worker.pipelines import Peers
@@ -17,12 +18,20 @@ async def _run(settings: Settings) -> None:
     peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
     await check_ollama(peers.engine, settings)
     worker = Worker(store, peers)
+
+    async def health() -> dict:
+        await store.ping()
+        return {"worker": worker.id, "jobs_running": len(worker.running)}
+
+    ops = OpsServer(settings.http_host, settings.worker_health_port, health)
+    ops.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     try:
         await worker.run()
     finally:
+        await ops.stop()
         await peers.engine.aclose()
         if peers.domain is not None:
             await peers.domain.aclose()

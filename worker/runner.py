@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -14,6 +15,7 @@ import psycopg
 import psycopg_pool
 
 from server import logs
+from server import metrics
 from server.errors import NodeError
 from server.retry import RetryStrategy
 from server.store import JOBS_READY_CHANNEL, Claim, JobStore
@@ -44,6 +46,13 @@ class _Context:
     async def advance(self, status: str) -> None:
         if await self.store.advance_job(self.claim, status) is None:
             raise JobCancelled()
+
+
+def _outcome(row: dict[str, Any] | None) -> str:
+    """How an attempt ended, for the job duration metric."""
+    if row is None:
+        return "lost"
+    return "retried" if row["status"] == "pending" else row["status"]
 
 
 def worker_id() -> str:
@@ -101,6 +110,11 @@ class Worker:
             await self._drain()
             await self.http.aclose()
 
+    @property
+    def running(self) -> list[uuid.UUID]:
+        """The jobs this worker holds now."""
+        return list(self._running)
+
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -119,8 +133,10 @@ class Worker:
             return []
         now = datetime.now(timezone.utc)
         for claim in claims:
-            wait = (now - claim.job["created_at"]).total_seconds()
-            log.info("job %s claimed by %s (attempt %d, %.3f s after creation)", claim.id, self.id, claim.attempt, wait)
+            wait = (now - max(claim.job["created_at"], claim.job["run_after"])).total_seconds()
+            metrics.PICKUP.observe(max(wait, 0.0))
+            log.info("job %s claimed by %s (attempt %d, %.3f s after it was due)", claim.id, self.id, claim.attempt,
+                     wait, extra={"job_id": str(claim.id)})
         return claims
 
     async def _idle(self) -> None:
@@ -151,23 +167,28 @@ class Worker:
 
     async def _run_job(self, claim: Claim) -> None:
         logs.job_id.set(str(claim.id))  # this task's and its children's log lines
+        started = time.monotonic()
+        outcome = "lost"
         work = asyncio.create_task(self._attempt(claim))
         keeper = asyncio.create_task(self._keep_lease(claim, work))
         try:
-            failure = await work
+            failure, outcome = await work
         except asyncio.CancelledError:
             reason = keeper.result() if keeper.done() else None
             if reason == "lost":
                 log.warning("job %s: claim lost; dropping this attempt", claim.id)
             elif reason == "cancelling":
+                outcome = "cancelled"
                 await self._finish(claim, "cancelled", error=CANCELLED)
             else:  # the worker itself is stopping: hand the job back
+                outcome = "handed_back"
                 stopped = {"code": "worker_stopped", "message": f"worker {self.id} stopped"}
                 await asyncio.shield(self._finish(claim, "pending", error=stopped))
                 raise
             return
         finally:
             keeper.cancel()
+            metrics.JOB_DURATION.labels(claim.job["job_type"], outcome).observe(time.monotonic() - started)
         url = claim.job["input"].get("webhook_url") or ""
         if failure is not None and url:
             # The job is no longer held, so no lease to keep: say why it failed.
@@ -176,19 +197,19 @@ class Worker:
             except NodeError as exc:
                 log.warning("job %s: could not report the failure to its webhook: %s", claim.id, exc.message)
 
-    async def _attempt(self, claim: Claim) -> dict | None:
+    async def _attempt(self, claim: Claim) -> tuple[dict | None, str]:
         """Runs the pipeline and records the outcome, a successful webhook
         delivery included, under the lease. Returns the error of a job that
-        failed for good, for its webhook."""
+        failed for good (for its webhook), and the status it ended in."""
         try:
             output = await self.pipelines[claim.job["job_type"]](_Context(self.store, claim), self.peers)
         except JobCancelled:
-            await self._finish(claim, "cancelled", error=CANCELLED)
+            row = await self._finish(claim, "cancelled", error=CANCELLED)
         except Exception as exc:
             return await self._failed(claim, exc)
         else:
-            await self._completed(claim, output)
-        return None
+            row = await self._completed(claim, output)
+        return None, _outcome(row)
 
     async def _keep_lease(self, claim: Claim, work: asyncio.Task) -> str:
         """Renews the lease while the attempt runs; cancels it when the job
@@ -204,20 +225,19 @@ class Worker:
                 work.cancel()
                 return "lost" if status is None else "cancelling"
 
-    async def _completed(self, claim: Claim, output: dict[str, Any]) -> None:
+    async def _completed(self, claim: Claim, output: dict[str, Any]) -> dict[str, Any] | None:
         url = claim.job["input"].get("webhook_url") or ""
         if url:
             if await self.store.advance_job(claim, "uploading") is None:
-                await self._finish(claim, "cancelled", error=CANCELLED)
-                return
+                return await self._finish(claim, "cancelled", error=CANCELLED)
             try:
                 await self._deliver(url, claim, data=output, error=None)
             except NodeError as exc:
-                await self._finish(claim, "failed", output=output, error={"code": exc.code, "message": exc.message})
-                return
-        await self._finish(claim, "completed", output=output)
+                error = {"code": exc.code, "message": exc.message}
+                return await self._finish(claim, "failed", output=output, error=error)
+        return await self._finish(claim, "completed", output=output)
 
-    async def _failed(self, claim: Claim, exc: Exception) -> dict | None:
+    async def _failed(self, claim: Claim, exc: Exception) -> tuple[dict | None, str]:
         if isinstance(exc, NodeError):
             error, transient = {"code": exc.code, "message": exc.message}, exc.transient
         elif isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
@@ -228,22 +248,27 @@ class Worker:
         if transient and claim.attempt < claim.job["max_attempts"]:
             delay = self.retry.delay(claim.attempt)
             log.warning("job %s: attempt %d failed (%s); retrying in %.1f s", claim.id, claim.attempt, error["message"], delay)
-            await self._finish(claim, "pending", error=error, retry_in=delay)
-            return None
+            row = await self._finish(claim, "pending", error=error, retry_in=delay)
+            return None, _outcome(row)
         log.warning("job %s failed: %s", claim.id, error["message"])
         row = await self._finish(claim, "failed", error=error)
-        return error if row is not None and row["status"] == "failed" else None
+        return (error if row and row["status"] == "failed" else None), _outcome(row)
 
     async def _deliver(self, url: str, claim: Claim, *, data: dict | None, error: dict | None) -> None:
-        await deliver(
-            self.http,
-            url,
-            job_id=str(claim.id),
-            data=data,
-            error=error,
-            secret=self.settings.webhook_secret or None,
-            retry=self.webhook_retry,
-        )
+        try:
+            await deliver(
+                self.http,
+                url,
+                job_id=str(claim.id),
+                data=data,
+                error=error,
+                secret=self.settings.webhook_secret or None,
+                retry=self.webhook_retry,
+            )
+        except NodeError:
+            metrics.WEBHOOKS.labels("failed").inc()
+            raise
+        metrics.WEBHOOKS.labels("delivered").inc()
 
     async def _finish(self, claim: Claim, status: str, **kw: Any) -> dict[str, Any] | None:
         row = await self.store.finish_job(claim, status, **kw)

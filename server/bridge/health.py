@@ -1,12 +1,14 @@
 """`/health` says the bridge is alive; `/ready` says the node can work: its
 gRPC server answers, and it reports the database (JobService) and Ollama
-(InferenceService) as serving."""
+(InferenceService) as serving. `/metrics` is the bridge process's own."""
 
 import grpc
 from grpc_health.v1 import health_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from server.ops_http import metrics_endpoint
 
 CHECKS = {
     "grpc": "",
@@ -34,4 +36,4 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)
 
 
-routes = [Route("/health", live), Route("/ready", ready)]
+routes = [Route("/health", live), Route("/ready", ready), Route("/metrics", metrics_endpoint)]

@@ -18,6 +18,8 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from vlmnode.v1 import inference_pb2 as pb
 
+from server import metrics
+
 log = logging.getLogger(__name__)
 
 MAX_NUM_PREDICT = 8192
@@ -91,6 +93,7 @@ async def realtime(websocket: WebSocket) -> None:
     except ValueError as exc:
         await _close(websocket, 1008, str(exc))
         return
+    metrics.WEBSOCKETS.inc()
     call = websocket.app.state.inference.Infer()
     await call.write(pb.InferRequest(config=pb.StreamConfig(num_predict=num_predict)))
     inbound = asyncio.create_task(_client_to_node(websocket, call))
@@ -105,6 +108,7 @@ async def realtime(websocket: WebSocket) -> None:
     except (WebSocketDisconnect, asyncio.CancelledError):
         pass
     finally:
+        metrics.WEBSOCKETS.dec()
         call.cancel()
         for task in (inbound, outbound):
             task.cancel()

@@ -133,3 +133,9 @@ SELECT status, count(*) AS n FROM jobs GROUP BY status;
 -- ping --
 -- Is the database there?
 SELECT 1 AS ok;
+
+-- queue_stats --
+-- How many pending jobs are due, and how long the oldest has waited.
+SELECT count(*) FILTER (WHERE run_after <= now()) AS depth,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+FROM jobs WHERE status = 'pending';

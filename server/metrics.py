@@ -1,0 +1,27 @@
+"""Every Prometheus metric of the node, in one place. Each process exports
+the ones it records: the gRPC server (realtime, Ollama, the queue's gauges)
+and the bridge on their /metrics, each worker (jobs, Ollama, webhooks) on its
+health port."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Seconds: from a few milliseconds to the longest a job may reasonably wait or run.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+JOBS = Gauge("vlmnode_jobs", "Jobs in the queue by status", ["status"])
+QUEUE_DEPTH = Gauge("vlmnode_queue_depth", "Pending jobs that are due")
+OLDEST_PENDING = Gauge("vlmnode_oldest_pending_seconds", "Age of the oldest pending job")
+PICKUP = Histogram("vlmnode_job_pickup_seconds", "From a job being due to a worker claiming it", buckets=LATENCY_BUCKETS)
+JOB_DURATION = Histogram(
+    "vlmnode_job_duration_seconds", "One attempt of a job, by type and outcome", ["job_type", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+OLLAMA_SECONDS = Histogram(
+    "vlmnode_ollama_request_seconds", "Ollama requests, to the end of the answer", ["model"], buckets=LATENCY_BUCKETS
+)
+OLLAMA_ERRORS = Counter("vlmnode_ollama_errors_total", "Ollama requests that failed", ["model", "code"])
+STREAMS = Gauge("vlmnode_realtime_streams", "Realtime Infer streams open")
+FRAMES = Counter("vlmnode_frames_received_total", "Frames received on realtime streams")
+FRAMES_DROPPED = Counter("vlmnode_frames_dropped_total", "Frames dropped because the model was busy")
+WEBSOCKETS = Gauge("vlmnode_websockets", "WebSocket clients connected to the bridge")
+WEBHOOKS = Counter("vlmnode_webhook_deliveries_total", "Webhook deliveries by outcome", ["outcome"])

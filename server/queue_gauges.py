@@ -1,0 +1,41 @@
+"""Keeps the queue's gauges current: jobs by status, how many pending jobs
+are due, and the age of the oldest. Run by the gRPC server process."""
+
+import asyncio
+import logging
+
+import psycopg
+import psycopg_pool
+
+from server import metrics
+from server.background import BackgroundDuty
+from server.store import STATUSES, JobStore
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 5.0  # seconds between readings
+
+
+class QueueGauges(BackgroundDuty):
+    name = "queue-gauges"
+
+    def __init__(self, store: JobStore, *, interval: float = INTERVAL):
+        super().__init__()
+        self.store = store
+        self.interval = interval
+
+    async def read_once(self) -> None:
+        counts = await self.store.count_by_status()
+        for status in STATUSES:
+            metrics.JOBS.labels(status).set(counts.get(status, 0))
+        depth, oldest = await self.store.queue_stats()
+        metrics.QUEUE_DEPTH.set(depth)
+        metrics.OLDEST_PENDING.set(oldest)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.read_once()
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                log.warning("cannot read the queue's gauges: %s", exc)
+            await asyncio.sleep(self.interval)
