@@ -72,6 +72,7 @@ class Settings:
     ollama_pull: bool = True  # pull missing models at start, as the original
     ollama_concurrency: int = 4  # requests in flight to Ollama per process
     ollama_timeout: float = 120.0  # seconds per request
+    posemesh_timeout: float = 30.0  # seconds per posemesh request
     image_max_side: int = 1024  # pixels; the models see no more than this
     caption_slots: int = 4  # images captioned at once within one job
     job_max_images: int = 1000  # images one job may take

@@ -74,6 +74,13 @@ class EmbeddedPostgres:
         log.info("started a private PostgreSQL in %s on port %d", self.root, self.port)
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
+    def restart(self) -> None:
+        """Stops and starts the server on the same port: its clients lose
+        their connections, as in a database failover."""
+        if self._pgserver is not None:
+            raise NotImplementedError("restart needs the installed server binaries")
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "restart")
+
     def stop(self) -> None:
         if self._pgserver is not None:
             self._pgserver.cleanup()

@@ -20,6 +20,7 @@ def domain_client(settings: Settings) -> DomainClient | None:
         client_id=settings.client_id,
         email=settings.posemesh_email,
         password=settings.posemesh_password,
+        timeout=settings.posemesh_timeout,
     )
 
 

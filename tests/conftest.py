@@ -1,8 +1,12 @@
 """Shared fixtures: a real PostgreSQL (POSTGRES_URL, or a private server the
 session starts), and a fresh migrated database for every test."""
 
+import asyncio
 import contextlib
+import dataclasses
 import os
+import subprocess
+import sys
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -146,9 +150,9 @@ async def jobs(node):
         yield jobs_pb2_grpc.JobServiceStub(channel)
 
 
-@pytest.fixture
-async def worker(settings):
-    """A worker running in this test's event loop; stopped after the test."""
+@contextlib.asynccontextmanager
+async def running_worker(settings):
+    """A worker running in this test's event loop until the block ends."""
     import asyncio
 
     from server.peers import domain_client, ollama_engine
@@ -160,12 +164,20 @@ async def worker(settings):
     peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
     w = Worker(store, peers, worker_name="test-worker")
     task = asyncio.create_task(w.run())
-    yield w
-    w.stop()
-    await asyncio.wait_for(task, 10)
-    await peers.engine.aclose()
-    await peers.domain.aclose()
-    await store.close()
+    try:
+        yield w
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, 10)
+        await peers.engine.aclose()
+        await peers.domain.aclose()
+        await store.close()
+
+
+@pytest.fixture
+async def worker(settings):
+    async with running_worker(settings) as w:
+        yield w
 
 
 @contextlib.asynccontextmanager
@@ -202,3 +214,39 @@ async def running_bridge(target: str, settings=None, **app_options):
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+# Real processes.
+
+
+def settings_env(settings, **overrides) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "OLLAMA_", "JOB_"))}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value not in ("", None):
+            env[f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+def start_worker(settings, **overrides) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "worker.main"], env=settings_env(settings, **overrides))
+
+
+async def wait_for(predicate, timeout: float = 15.0, every: float = 0.05):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (result := await predicate()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(every)
+    return result
+
+
+@pytest.fixture
+def processes():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)

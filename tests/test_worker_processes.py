@@ -2,52 +2,15 @@
 several sharing one queue."""
 
 import asyncio
-import dataclasses
-import os
 import signal
-import subprocess
-import sys
 import uuid
 
-import pytest
 from vlmnode.v1 import jobs_pb2
 
 from server.store import JobStore
+from tests.conftest import start_worker, wait_for
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
-
-
-def settings_env(settings, **overrides) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "OLLAMA_", "JOB_"))}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if value not in ("", None):
-            env[f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
-
-
-def start_worker(settings, **overrides) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "worker.main"], env=settings_env(settings, **overrides))
-
-
-async def wait_for(predicate, timeout: float = 15.0, every: float = 0.05):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (result := await predicate()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(every)
-    return result
-
-
-@pytest.fixture
-def processes():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
 
 
 async def test_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
