@@ -29,6 +29,7 @@ generate: $(STAMP)
 check: $(STAMP)
 	cd clients/typescript && $(NPM_CI)
 	scripts/generate.sh --check
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
 	scripts/check-breaking.sh

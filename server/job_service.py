@@ -8,7 +8,7 @@ from google.protobuf import json_format, struct_pb2
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server.domain import DomainClient, images_only
-from server.errors import BadInput, Conflict, NotFound
+from server.errors import BadInput, Conflict
 from server.grpc_errors import translate_errors
 from server.job_watcher import JobWatcher
 from server.jobs import validate_job, validate_job_type, validate_input
@@ -153,6 +153,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         with self.watcher.subscribe(job_id) as changed:
             sent = None
             while True:
+                changed.clear()  # before reading: a change from here on wakes the wait below
                 row = await self.store.get_job(job_id)
                 version = (row["status"], row["updated_at"])
                 if version != sent:
@@ -160,7 +161,6 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     yield jobs_pb2.WatchJobResponse(job=job_to_proto(row))
                 if row["status"] in FINAL_STATUSES:
                     return
-                changed.clear()
                 try:
                     await asyncio.wait_for(changed.wait(), WATCH_RECHECK)
                 except asyncio.TimeoutError:

@@ -4,13 +4,10 @@ Ollama and posemesh, delivered to a webhook."""
 import asyncio
 import hashlib
 import hmac
-import json
 
-import grpc
 from vlmnode.v1 import jobs_pb2
 
 from tests.conftest import COLOURS, DOMAIN_ID
-from tests.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 
 FINAL = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
