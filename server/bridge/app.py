@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.auth import Tokens
-from server.bridge import health, rest, websocket
+from server.bridge import console, health, rest, websocket
 from server.bridge.auth import RequireToken, forward_token
 from server.bridge.errors import grpc_error_handler, http_error_handler
 
@@ -50,7 +50,7 @@ def create_app(
             yield
 
     app = Starlette(
-        routes=[*rest.routes, *websocket.routes, *health.routes],
+        routes=[*rest.routes, *websocket.routes, *health.routes, *console.routes],
         middleware=[
             Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"]),
             Middleware(RequireToken, tokens=tokens),

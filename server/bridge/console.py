@@ -1,0 +1,60 @@
+"""The web console: a static single-page app (plain HTML, CSS and ES modules
+in server/bridge/static/, no build step, nothing fetched from the internet)
+that uses only the bridge's public REST, server-sent events and WebSocket API.
+
+`/` serves the page; its scripts and styles are under `/console/`. The page
+answers with a Content-Security-Policy that allows only this origin, so a
+console that tried to load anything from elsewhere would be stopped by the
+browser."""
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+STATIC = Path(__file__).parent / "static"
+
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "connect-src 'self'",  # fetch, EventSource and the WebSocket, same origin only
+        "img-src 'self' blob: data:",  # thumbnails of picked images and camera frames
+        "media-src 'self' blob: mediastream:",  # the camera preview
+        "style-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'none'",
+    ]
+)
+
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+class ConsoleFiles(StaticFiles):
+    """The console's files, revalidated on each load (they are small, and a
+    node upgrade must not leave an old script beside a new page)."""
+
+    async def get_response(self, path: str, scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+
+routes = [
+    Route("/", index, methods=["GET"]),
+    Mount("/console", app=ConsoleFiles(directory=STATIC), name="console"),
+]

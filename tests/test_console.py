@@ -1,0 +1,419 @@
+"""The web console (server/bridge/static/, served at `/` by the bridge) in a
+real browser: Debian's chromium driven by Playwright, against the node, the
+bridge, a worker and the fake peers, all in the test's event loop.
+
+Screenshots of the main pages go to artifacts/console/. Without
+/usr/bin/chromium the tests are skipped, except under CI=true, where they fail.
+"""
+
+import contextlib
+import dataclasses
+import os
+import posixpath
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.grpc_server import NodeServer
+from tests.conftest import DOMAIN_ID, running_bridge
+from tests.images import solid_jpeg
+
+try:
+    from playwright.async_api import async_playwright, expect
+except ImportError:  # the `chromium` fixture says what is missing
+    async_playwright = expect = None
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# A fake camera that grants itself: for the live view's getUserMedia path.
+FAKE_CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+STATIC = Path(__file__).resolve().parent.parent / "server" / "bridge" / "static"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "console"
+TIMEOUT_MS = 15_000
+WIDE = {"width": 1280, "height": 900}
+NARROW = {"width": 390, "height": 844}
+TASK_INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
+
+
+def _need(what: str) -> None:
+    message = f"console tests need {what}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: failing instead of skipping)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def chromium():
+    """Launches chromium with extra arguments; closes what it launched."""
+    if not os.access(CHROMIUM, os.X_OK):
+        _need(f"Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    if async_playwright is None:
+        _need("the playwright Python package (pip install -e '.[dev]')")
+    async with async_playwright() as playwright:
+        browsers = []
+
+        async def launch(*extra_args):
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
+            browsers.append(browser)
+            return browser
+
+        try:
+            yield launch
+        finally:
+            for browser in browsers:
+                await browser.close()
+
+
+class Console:
+    """A page of the console, and what it did: requests and browser errors."""
+
+    def __init__(self, page, base: str):
+        self.page = page
+        self.base = base
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        page.on("console", self._console)
+        page.set_default_timeout(TIMEOUT_MS)
+
+    def _console(self, message) -> None:
+        # A refused request is logged by the browser itself; the page shows it in words.
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            self.errors.append(f"console: {message.text}")
+
+    async def open(self, hash_path: str = "") -> None:
+        await self.page.goto(f"{self.base}/{hash_path}")
+        await self.page.locator("main h1").first.wait_for()
+
+    async def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def check_clean(self) -> None:
+        """No script errors, no CSP refusals, and nothing fetched from elsewhere."""
+        assert not self.errors, self.errors
+        foreign = [u for u in self.requests if not u.startswith((self.base, self.base.replace("http", "ws"), "blob:", "data:"))]
+        assert not foreign, foreign
+
+
+@contextlib.asynccontextmanager
+async def open_console(chromium, base: str, *extra_args):
+    browser = await chromium(*extra_args)
+    context = await browser.new_context(viewport=WIDE)
+    console = Console(await context.new_page(), base)
+    try:
+        yield console
+    finally:
+        await context.close()  # before the bridge stops: it waits for open streams and sockets
+    console.check_clean()
+
+
+@pytest.fixture
+async def console(chromium, node):
+    async with running_bridge(f"127.0.0.1:{node.port}") as base:
+        async with open_console(chromium, base) as c:
+            yield c
+
+
+async def create_job(base: str, **overrides) -> dict:
+    body = {"job_type": "task_timing_v1", "query": {"ids": []}, "domain_id": DOMAIN_ID, "input": TASK_INPUT}
+    body.update(overrides)
+    async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=15) as http:
+        response = await http.post("/api/v1/jobs", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def status_of(page, job_id: str):
+    return page.locator(f'tr[data-job-id="{job_id}"] td[data-label="Status"]')
+
+
+async def test_submit_a_job_and_follow_it_live_to_its_timeline_then_retry(console, worker, fake_ollama, webhook):
+    page = console.page
+    fake_ollama.latency = 0.15  # a job of a second or so, so its statuses can be seen changing
+
+    await console.open()
+    assert page.url.endswith("#/jobs")
+    await page.get_by_text("No jobs yet").wait_for()
+    captions = await create_job(console.base, job_type="vlm_only", input={"vlm_prompt": "What colour is it?"})
+
+    # Submit, by keyboard-reachable links and labelled fields.
+    await page.get_by_role("link", name="New job").first.click()
+    await page.get_by_role("heading", name="New job", level=1).wait_for()
+    await page.get_by_label("Task timing").check()
+    await page.get_by_label("Domain id").fill(DOMAIN_ID)
+    await page.get_by_label("VLM prompt").fill("Describe the image")
+    await page.get_by_label("LLM prompt").fill("When was the red box on the shelf?")
+    await page.get_by_label("Webhook URL").fill(webhook.url)
+    await console.screenshot("submit")
+    await page.evaluate("window.__sameDocument = true")
+    await page.get_by_role("button", name="Create job").click()
+
+    # The job's page follows it to the end over server-sent events, without a reload.
+    await page.wait_for_url(re.compile(r"#/jobs/[0-9a-f-]{36}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    await page.locator(".job-status [data-status=completed]").wait_for()
+    assert await page.evaluate("window.__sameDocument") is True
+    assert any(f"/api/v1/jobs/{job_id}/events" in url for url in console.requests)
+    history = await page.locator(".history [data-kind=status]").evaluate_all("items => items.map(i => i.dataset.status)")
+    assert history[-1] == "completed", history
+    assert len(history) >= 3 and {"running", "completing", "uploading"} & set(history), history
+    assert await page.locator(".history [data-kind=created]").count() == 1
+    assert await page.locator(".history [data-kind=updated]").count() == 1
+
+    # The result as a picture: six captioned images on a time axis, start and end marked.
+    timeline = page.locator("figure.timeline")
+    assert await timeline.locator(".tl-event").count() == 6
+    assert await timeline.locator(".tl-dot").count() == 6
+    assert await timeline.locator(".tl-flag--start").inner_text() == "Start"
+    assert await timeline.locator(".tl-flag--end").inner_text() == "End"
+    start = timeline.locator(".tl-event[data-mark=start]")
+    end = timeline.locator(".tl-event[data-mark=end]")
+    assert "photo_req_1_" in await start.inner_text() and "START" in (await start.inner_text()).upper()
+    assert "photo_req_4_" in await end.inner_text()
+    assert "mostly red" in await start.inner_text()
+    assert await timeline.locator(".tl-event[data-mark=during]").count() == 2
+    assert "3 min" in await timeline.locator(".moment--length").inner_text()
+    await page.locator("dl.reasoning").get_by_text("the task spans events mentioning red").wait_for()
+    assert await page.get_by_role("img", name=re.compile("Timeline: 6 captioned images")).count() == 1
+    # The raw JSON is one click away.
+    raw = page.locator("details.raw pre")
+    assert not await raw.is_visible()
+    await page.get_by_text("Raw JSON").click()
+    assert '"image_id"' in await raw.inner_text() and job_id in await raw.inner_text()
+
+    # The API's rules: a completed job can be retried, not cancelled.
+    retry = page.get_by_role("button", name="Retry…")
+    cancel = page.get_by_role("button", name="Cancel job")
+    assert await retry.is_enabled() and await cancel.is_disabled()
+    await page.get_by_text("Raw JSON").click()
+    await console.screenshot("job")
+    await page.set_viewport_size(NARROW)
+    await console.screenshot("job-narrow")
+    await page.set_viewport_size(WIDE)
+    await page.emulate_media(color_scheme="dark")
+    await console.screenshot("job-dark")
+    await page.emulate_media(color_scheme="light")
+
+    # Retry with an edited LLM prompt: blue is one photo, so the task starts and ends there.
+    await retry.click()
+    await page.get_by_label("LLM prompt").fill("When was the blue box on the shelf?")
+    await page.get_by_role("button", name="Retry job").click()
+    await page.get_by_text("Retried: the job is queued again.").wait_for()
+    await page.locator(".history [data-kind=retry]").wait_for()
+    await page.locator(".job-status [data-status=completed]").wait_for()
+    await page.locator(".tl-flag--both").wait_for()
+    both = timeline.locator(".tl-event[data-mark=start-end]")
+    assert "photo_req_3_" in await both.inner_text() and "mostly blue" in await both.inner_text()
+    assert "When was the blue box" in await page.locator("section", has=page.get_by_role("heading", name="Input")).inner_text()
+    assert await page.evaluate("window.__sameDocument") is True
+
+    # Back on the list, both jobs are there, completed.
+    await page.get_by_role("link", name="Jobs", exact=True).click()
+    await status_of(page, job_id).get_by_text("Completed").wait_for()
+    await status_of(page, captions["id"]).get_by_text("Completed").wait_for()
+    await console.screenshot("jobs")
+
+    # A vlm_only job's result: its captions, as a list.
+    await page.get_by_role("link", name=f"Job {captions['id']}").click()
+    responses = page.get_by_role("list", name="Captions").get_by_role("listitem")
+    await expect(responses).to_have_count(6)
+    assert "mostly red" in await responses.nth(1).inner_text()
+    assert await page.locator("figure.timeline").count() == 0
+    await console.screenshot("job-captions")
+
+
+async def test_the_list_follows_jobs_live_filters_and_cancels(console):
+    page = console.page
+    timing = await create_job(console.base)
+    captions = await create_job(console.base, job_type="vlm_only", input={"vlm_prompt": "What colour?"})
+
+    await console.open("#/jobs")
+    for job in (timing, captions):
+        await status_of(page, job["id"]).get_by_text("Pending").wait_for()
+    await page.get_by_text("Live: following 2 unfinished jobs").wait_for()
+    # Each unfinished job in view has its own event stream.
+    for job in (timing, captions):
+        assert any(f"/api/v1/jobs/{job['id']}/events" in url for url in console.requests)
+
+    # Cancelled elsewhere: the row changes without a reload, from its event stream.
+    await page.evaluate("window.__sameDocument = true")
+    async with httpx.AsyncClient(base_url=console.base, trust_env=False) as http:
+        assert (await http.post(f"/api/v1/jobs/{captions['id']}/cancel")).status_code == 200
+    await status_of(page, captions["id"]).get_by_text("Cancelled").wait_for(timeout=3000)
+    assert await page.evaluate("window.__sameDocument") is True
+
+    # Filters: by job type, by status, and both at once.
+    rows = page.locator("tbody tr")
+    await page.get_by_label("Job type").select_option("vlm_only")
+    await expect(rows).to_have_count(1)
+    assert await rows.first.get_attribute("data-job-id") == captions["id"]
+    assert "type=vlm_only" in page.url
+    await page.get_by_label("Job type").select_option("")
+    await page.get_by_label("Status").select_option("pending")
+    await expect(rows).to_have_count(1)
+    assert await rows.first.get_attribute("data-job-id") == timing["id"]
+    await page.get_by_label("Job type").select_option("vlm_only")
+    await page.get_by_text("No jobs match these filters.").wait_for()
+    await page.get_by_label("Status").select_option("")
+    await page.get_by_label("Job type").select_option("")
+    await expect(rows).to_have_count(2)
+    # Paged, newest first.
+    await console.open("#/jobs?size=1")
+    await expect(rows).to_have_count(1)
+    assert await rows.first.get_attribute("data-job-id") == captions["id"]
+    assert await page.get_by_role("button", name="Newer").is_disabled()
+    await page.get_by_role("button", name="Older").click()
+    await page.locator(f'tbody tr[data-job-id="{timing["id"]}"]').wait_for()
+    await page.get_by_text("Page 2 · jobs 2–2").wait_for()
+    assert await page.get_by_role("button", name="Older").is_disabled()
+    assert "page=2" in page.url
+    await page.get_by_role("button", name="Newer").click()
+    await page.locator(f'tbody tr[data-job-id="{captions["id"]}"]').wait_for()
+
+    # A pending job can be cancelled, not retried.
+    await console.open("#/jobs")
+    await page.get_by_role("link", name=f"Job {timing['id']}").click()
+    await page.locator(".job-status [data-status=pending]").wait_for()
+    retry = page.get_by_role("button", name="Retry…")
+    cancel = page.get_by_role("button", name="Cancel job")
+    assert await retry.is_disabled() and await cancel.is_enabled()
+    await page.get_by_text("The result appears here when the job completes.").wait_for()
+    await console.screenshot("job-pending")
+    await cancel.click()
+    await page.get_by_text("The job was cancelled.").wait_for()
+    await page.locator(".job-status [data-status=cancelled]").wait_for()
+    assert await retry.is_enabled() and await cancel.is_disabled()
+
+    await page.go_back()
+    await status_of(page, timing["id"]).get_by_text("Cancelled").wait_for()
+    await page.set_viewport_size(NARROW)
+    await console.screenshot("jobs-narrow")
+
+
+async def test_a_refused_submit_says_why(console):
+    page = console.page
+    await console.open("#/submit")
+    # The keyboard: a skip link first, then the navigation; the form is labelled.
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("main")).to_be_focused()
+    assert page.url.endswith("#/submit")
+    await page.get_by_label("Captions only").check()
+    assert not await page.get_by_label("LLM prompt").is_visible()
+    await page.get_by_label("Domain id").fill(DOMAIN_ID)
+    await page.get_by_label("Image ids").fill(str(uuid.uuid4()))
+    await page.get_by_role("button", name="Create job").click()
+    alert = page.get_by_role("alert")
+    await alert.get_by_text("No data found").wait_for()
+    assert "refused" in await alert.inner_text()
+    assert page.url.endswith("#/submit")
+    await console.screenshot("submit-refused")
+
+    await page.get_by_label("Domain id").fill("not-a-domain")
+    await page.get_by_role("button", name="Create job").click()
+    await page.get_by_role("alert").get_by_text("domain_id must be a UUID").wait_for()
+
+
+async def test_the_bridge_serves_the_console_itself():
+    """Works without a browser: the page, its modules and styles come from the
+    Python package, nothing names a URL elsewhere, and the API still wins."""
+    async with running_bridge("127.0.0.1:9") as base:
+        async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=10) as http:
+            index = await http.get("/")
+            assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+            assert "default-src 'self'" in index.headers["content-security-policy"]
+            todo = re.findall(r'(?:src|href)="(/console/[^"]+)"', index.text)
+            seen = set()
+            while todo:
+                path = todo.pop()
+                if path in seen:
+                    continue
+                seen.add(path)
+                response = await http.get(path)
+                assert response.status_code == 200, path
+                if path.endswith(".js"):
+                    assert "javascript" in response.headers["content-type"], path
+                    for spec in re.findall(r'^(?:import|export)\b[^;]*?\bfrom\s*"([^"]+)";', response.text, re.M):
+                        assert spec.startswith("./"), (path, spec)
+                        todo.append(posixpath.normpath(posixpath.join(posixpath.dirname(path), spec)))
+            assert {"/console/app.js", "/console/style.css", "/console/live.js", "/console/timeline.js"} <= seen
+            missing = await http.get("/console/nothing.js")
+            assert missing.status_code == 404 and "error" in missing.json()
+            assert (await http.get("/api/v1/nothing-here")).json() == {"error": "Not Found"}
+    outside = re.compile(r"""(?:src|href)=["']https?:|url\(\s*["']?(?:https?:)?//|@import|(?:from|import\()\s*["']https?:""")
+    for file in STATIC.iterdir():
+        assert not outside.search(file.read_text()), file.name
+
+
+async def test_the_live_view_streams_answers(chromium, settings, fake_ollama, tmp_path):
+    settings = dataclasses.replace(settings, image_batch_size=2)
+    node = NodeServer(settings)
+    await node.start()
+    try:
+        async with running_bridge(f"127.0.0.1:{node.port}", settings) as base:
+            async with open_console(chromium, base, *FAKE_CAMERA_ARGS) as console:
+                await drive_the_live_view(console, tmp_path)
+    finally:
+        await node.stop(grace=0.5)
+
+
+async def drive_the_live_view(console, tmp_path):
+    page = console.page
+    files = []
+    for n, colour in enumerate(["red", "red"]):
+        path = tmp_path / f"frame{n}.jpg"
+        path.write_bytes(solid_jpeg(colour))
+        files.append(str(path))
+
+    await console.open("#/live")
+    await page.get_by_label("Images from disk").set_input_files(files)
+    await page.get_by_label("Prompt").fill("What colour is it?")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    answer = page.locator(".live-entry--answer[data-done=true]").first
+    await answer.wait_for()
+    assert "a 64x48 image, mostly red; a 64x48 image, mostly red" in await answer.inner_text()
+    assert await answer.get_attribute("data-frames") == "1,2"
+    assert "Answered frames #1–#2 · 0 dropped so far" in await answer.inner_text()
+    assert await answer.locator("img").count() == 2
+    assert await page.get_by_text("2 sent · 2 answered · 0 dropped").count() == 1
+    await page.get_by_text("Connected").first.wait_for()
+
+    # The camera (a fake one here): frames captured to JPEG through a canvas.
+    await page.get_by_role("button", name="Start camera").click()
+    await page.get_by_role("button", name="Send a frame").click()
+    await page.get_by_role("button", name="Send a frame").click()
+    camera_answer = page.locator(".live-entry--answer[data-done=true]").nth(1)
+    await camera_answer.wait_for()
+    assert await camera_answer.get_attribute("data-frames") == "3,4"
+    assert re.search(r"a \d+x\d+ image, mostly \w+", await camera_answer.inner_text())
+    await console.screenshot("live")
+    await page.get_by_role("button", name="Stop camera").click()
+
+    # A new connection without a prompt: the node's notice, in words.
+    await page.get_by_role("button", name="Disconnect").click()
+    await page.get_by_text("Not connected").wait_for()
+    await page.get_by_label("Prompt").fill("")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    await page.locator(".live-entry--notice").get_by_text("No prompt received for image batch").wait_for()
+
+    # A refusal: {"error"} is shown, and the connection is closed.
+    await page.get_by_role("button", name="Disconnect").click()
+    await page.get_by_text("Options").click()
+    await page.get_by_label("Answer length limit").fill("99999")
+    await page.get_by_role("button", name="Connect", exact=True).click()
+    await page.locator(".live-entry--error").get_by_text("num_predict must be an integer").wait_for()
+    await page.get_by_text("Closed: num_predict must be").wait_for()
