@@ -216,6 +216,21 @@ async def running_bridge(target: str, settings=None, **app_options):
         sock.close()
 
 
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A CA, and a certificate it signed for localhost and 127.0.0.1."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    folder = tmp_path_factory.mktemp("tls")
+    paths = {name: folder / name for name in ("ca.pem", "cert.pem", "key.pem")}
+    ca.cert_pem.write_to_path(paths["ca.pem"])
+    cert.cert_chain_pems[0].write_to_path(paths["cert.pem"])
+    cert.private_key_pem.write_to_path(paths["key.pem"])
+    return {name: str(path) for name, path in paths.items()}
+
+
 # Real processes.
 
 

@@ -8,7 +8,6 @@ import ssl
 import grpc
 import httpx
 import pytest
-import trustme
 import websockets
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vlmnode.v1 import inference_pb2 as pb
@@ -99,18 +98,6 @@ async def test_bridge_wants_the_same_token_and_passes_it_on(secured, caplog):
 async def test_the_node_says_when_it_is_open(node, caplog):
     said = [r.getMessage() for r in caplog.get_records("setup")]
     assert any(m.startswith("authentication is off: anyone who reaches gRPC port") for m in said), said
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    folder = tmp_path_factory.mktemp("tls")
-    paths = {name: folder / name for name in ("ca.pem", "cert.pem", "key.pem")}
-    ca.cert_pem.write_to_path(paths["ca.pem"])
-    cert.cert_chain_pems[0].write_to_path(paths["cert.pem"])
-    cert.private_key_pem.write_to_path(paths["key.pem"])
-    return {name: str(path) for name, path in paths.items()}
 
 
 async def test_tls_on_grpc_and_the_bridge(settings, tls_files):

@@ -3,12 +3,14 @@ and runs its own Node tests while this test's event loop serves gRPC, runs
 jobs (worker) and answers as the fake Ollama."""
 
 import asyncio
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from server.grpc_server import NodeServer
 from tests.conftest import DOMAIN_ID
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clients" / "typescript"
@@ -36,7 +38,7 @@ async def run(*command: str, env: dict[str, str] | None = None, timeout: float =
     return text
 
 
-async def test_typescript_client_against_a_real_node(node, worker, posemesh, fake_ollama):
+async def test_typescript_client_against_a_real_node(node, worker, posemesh, fake_ollama, settings, tls_files):
     assert shutil.which("npm") and shutil.which("node"), "the TypeScript client needs Node.js 20+ and npm on PATH"
     # Install from the lock when node_modules is missing or older than the lock.
     installed = PACKAGE / "node_modules" / ".package-lock.json"
@@ -44,7 +46,19 @@ async def test_typescript_client_against_a_real_node(node, worker, posemesh, fak
         await run("npm", "ci", "--no-audit", "--no-fund", timeout=300)
     await run("npm", "run", "build")
     url = f"http://127.0.0.1:{node.port}"
-    out = await run("npm", "test", env={"VLMNODE_URL": url, "VLMNODE_DOMAIN_ID": DOMAIN_ID, "NO_COLOR": "1"})
+    # A second node with TLS and a token, for the security tests.
+    secured = NodeServer(dataclasses.replace(
+        settings, tls_cert_file=tls_files["cert.pem"], tls_key_file=tls_files["key.pem"], auth_tokens="t0ken"
+    ))
+    await secured.start()
+    try:
+        out = await run("npm", "test", env={
+            "VLMNODE_URL": url, "VLMNODE_DOMAIN_ID": DOMAIN_ID, "NO_COLOR": "1",
+            "VLMNODE_TLS_URL": f"https://localhost:{secured.port}", "VLMNODE_CA_FILE": tls_files["ca.pem"],
+            "VLMNODE_TOKEN": "t0ken",
+        })
+    finally:
+        await secured.stop(grace=0.5)
     # Every Node test ran (none skipped for want of a node) and passed.
     assert "skipped 0" in out and "fail 0" in out and "pass 0" not in out, out
     # The realtime tests reached the fake Ollama with the two fixture frames.

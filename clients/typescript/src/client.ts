@@ -31,6 +31,8 @@ export interface VlmNodeClientOptions {
   interceptors?: Interceptor[];
   /** Deadline for calls that set no `timeoutMs` of their own. */
   defaultTimeoutMs?: number;
+  /** PEM certificates to trust for an https:// node (e.g. the node's own CA); default: the system's. */
+  ca?: string | Uint8Array;
 }
 
 /** The three kinds of message a realtime stream carries after its config. */
@@ -123,7 +125,7 @@ export class VlmNodeClient {
   constructor(url: string, options: VlmNodeClientOptions = {}) {
     // http:// is h2c (HTTP/2 with prior knowledge), https:// is HTTP/2 over TLS.
     this.url = url.includes("://") ? url : `http://${url}`;
-    this.sessions = new Http2SessionManager(this.url);
+    this.sessions = new Http2SessionManager(this.url, undefined, options.ca ? { ca: Buffer.from(options.ca) } : undefined);
     const interceptors = [...(options.token ? [bearerToken(options.token)] : []), ...(options.interceptors ?? [])];
     const transport = createGrpcTransport({
       baseUrl: this.url,

@@ -25,6 +25,10 @@ import {
 } from "../src/index.js";
 
 const URL = process.env.VLMNODE_URL;
+// A second node with TLS and a token, for the security tests.
+const TLS_URL = process.env.VLMNODE_TLS_URL;
+const CA_FILE = process.env.VLMNODE_CA_FILE;
+const TOKEN = process.env.VLMNODE_TOKEN;
 const DOMAIN_ID = process.env.VLMNODE_DOMAIN_ID ?? "";
 const skip = URL ? false : "VLMNODE_URL is not set: these tests need a running node";
 const fixture = (name: string) => readFile(new globalThis.URL(`../../test/fixtures/${name}`, import.meta.url));
@@ -228,5 +232,21 @@ describe("VLM Node client", { skip }, () => {
       without.close();
     }
     assert.deepEqual(headers, ["Bearer s3cret", null]);
+  });
+});
+
+describe("a node with TLS and a token", { skip: TLS_URL ? false : "VLMNODE_TLS_URL is not set" }, () => {
+  test("trusts the given CA and sends the token; without the token the node refuses", async () => {
+    const ca = await readFile(CA_FILE!);
+    const allowed = createVlmNodeClient(TLS_URL!, { ca, token: TOKEN });
+    const stranger = createVlmNodeClient(TLS_URL!, { ca });
+    try {
+      assert.ok(Array.isArray(await allowed.listJobs({ limit: 1 })));
+      const err = await connectError(() => stranger.listJobs({ limit: 1 }));
+      assert.equal(err.code, Code.Unauthenticated, err.message);
+    } finally {
+      allowed.close();
+      stranger.close();
+    }
   });
 });
