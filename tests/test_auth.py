@@ -1,9 +1,11 @@
 """Bearer tokens and TLS, on the gRPC server and the bridge."""
 
+import asyncio
 import dataclasses
 import json
 import logging
 import ssl
+import sys
 
 import grpc
 import httpx
@@ -119,5 +121,33 @@ async def test_tls_on_grpc_and_the_bridge(settings, tls_files):
             async with httpx.AsyncClient(base_url=https, verify=trust) as http:
                 assert (await http.get("/api/v1/jobs")).json() == []
                 assert (await http.get("/ready")).json()["checks"]["grpc"] == "serving"
+    finally:
+        await node.stop(grace=0.5)
+
+
+async def test_the_python_client_and_cli_with_tls_and_a_token(settings, tls_files):
+    from vlmnode import AsyncClient, VlmNodeError
+
+    secured = dataclasses.replace(
+        settings, tls_cert_file=tls_files["cert.pem"], tls_key_file=tls_files["key.pem"], auth_tokens=TOKEN
+    )
+    node = NodeServer(secured)
+    await node.start()
+    target = f"localhost:{node.port}"
+    try:
+        async with AsyncClient(target, ca_file=tls_files["ca.pem"], token=TOKEN) as client:
+            assert await client.list_jobs() == []
+        async with AsyncClient(target, ca_file=tls_files["ca.pem"]) as stranger:
+            with pytest.raises(VlmNodeError) as refused:
+                await stranger.list_jobs()
+            assert refused.value.code == "UNAUTHENTICATED"
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vlmnode.cli", "--target", target, "--ca-file", tls_files["ca.pem"],
+            "--token", TOKEN, "--json", "jobs", "list",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await cli.communicate()
+        assert cli.returncode == 0, err.decode()
+        assert json.loads(out) == []
     finally:
         await node.stop(grace=0.5)
