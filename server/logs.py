@@ -16,6 +16,7 @@ stream_id: ContextVar[str | None] = ContextVar("stream_id", default=None)
 
 class _Context(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)  # uvicorn's copy of the message for terminals
         for var in (job_id, stream_id):
             value = var.get()
             if value is not None and not hasattr(record, var.name):
