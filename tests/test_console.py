@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.auth import Tokens
 from server.grpc_server import NodeServer
 from tests.conftest import DOMAIN_ID, running_bridge
 from tests.images import solid_jpeg
@@ -417,3 +418,75 @@ async def drive_the_live_view(console, tmp_path):
     await page.get_by_role("button", name="Connect", exact=True).click()
     await page.locator(".live-entry--error").get_by_text("num_predict must be an integer").wait_for()
     await page.get_by_text("Closed: num_predict must be").wait_for()
+
+
+async def test_a_node_that_wants_a_token(chromium, settings, tmp_path):
+    """With AUTH_TOKENS on the node and the bridge, the console says it needs a
+    token, takes one in its header, and then lists jobs (REST with
+    `Authorization: Bearer`), follows them (EventSource with `access_token=`)
+    and streams answers (the WebSocket subprotocol `bearer.<token>`)."""
+    settings = dataclasses.replace(settings, auth_tokens="t0k", image_batch_size=2)
+    node = NodeServer(settings)
+    await node.start()
+    try:
+        async with running_bridge(f"127.0.0.1:{node.port}", settings, tokens=Tokens(["t0k"])) as base:
+            async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=15, headers={"Authorization": "Bearer t0k"}) as http:
+                body = {"job_type": "vlm_only", "query": {"ids": []}, "domain_id": DOMAIN_ID, "input": {"vlm_prompt": "What colour?"}}
+                created = await http.post("/api/v1/jobs", json=body)
+                assert created.status_code == 200, created.text
+                job = created.json()
+                async with open_console(chromium, base) as console:
+                    page = console.page
+                    sockets = []
+                    page.on("websocket", lambda ws: sockets.append(ws.url))
+                    await console.open("#/jobs")
+
+                    # Refused: the page says why, and the token field has the focus.
+                    await page.locator(".error-slot").get_by_text("This node needs an access token").wait_for()
+                    panel = page.locator("#access-panel")
+                    await panel.get_by_role("alert").get_by_text("This node needs an access token").wait_for()
+                    field = page.get_by_label("Token", exact=True)
+                    await expect(field).to_be_focused()
+                    assert await field.get_attribute("type") == "password"
+                    await expect(page.get_by_role("button", name="Access token")).to_have_attribute("aria-expanded", "true")
+                    await console.screenshot("access-token")
+
+                    # With the token the jobs list loads, and is followed live.
+                    await field.fill("t0k")
+                    await page.get_by_role("button", name="Save token").click()
+                    await status_of(page, job["id"]).get_by_text("Pending").wait_for()
+                    assert await page.get_by_text("This node needs an access token").count() == 0
+                    assert not await panel.is_visible()
+                    assert await page.evaluate("localStorage.getItem('vlmnode.accessToken')") == "t0k"
+                    await page.get_by_text("Live: following 1 unfinished job").wait_for()
+                    assert (await http.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
+                    await status_of(page, job["id"]).get_by_text("Cancelled").wait_for(timeout=3000)
+                    events = [u for u in console.requests if f"/api/v1/jobs/{job['id']}/events" in u]
+                    assert events and all("access_token=t0k" in u for u in events), events
+
+                    # The live view streams an answer over the WebSocket.
+                    await page.get_by_role("link", name="Live view").click()
+                    await page.get_by_role("heading", name="Live view", level=1).wait_for()
+                    frames = []
+                    for n in range(2):
+                        path = tmp_path / f"frame{n}.jpg"
+                        path.write_bytes(solid_jpeg("blue"))
+                        frames.append(str(path))
+                    await page.get_by_label("Images from disk").set_input_files(frames)
+                    await page.get_by_label("Prompt").fill("What colour is it?")
+                    await page.get_by_role("button", name="Send", exact=True).click()
+                    answer = page.locator(".live-entry--answer[data-done=true]").first
+                    await answer.wait_for()
+                    assert "mostly blue" in await answer.inner_text()
+                    assert sockets and not any("access_token" in u for u in sockets), "the token rides as a subprotocol"
+
+                    # Cleared: refused again, and the control says so.
+                    await page.get_by_role("link", name="Jobs", exact=True).click()
+                    await status_of(page, job["id"]).wait_for()
+                    await page.get_by_role("button", name="Access token").click()
+                    await page.get_by_role("button", name="Clear token").click()
+                    await page.locator(".error-slot").get_by_text("This node needs an access token").wait_for()
+                    assert await page.evaluate("localStorage.getItem('vlmnode.accessToken')") is None
+                    await expect(page.get_by_role("button", name="Access token")).to_have_attribute("data-state", "needed")
+    finally:
+        await node.stop(grace=0.5)

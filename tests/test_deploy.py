@@ -1,8 +1,9 @@
 """The deployment files pass scripts/check-deploy.sh (hadolint, docker-compose
 config, helm lint and template, kubernetes-validate), and what they render
 keeps the contract: the README's Helm install makes the posemesh Secret, the
-probes ask the real endpoints, workers scale, and every variable is one the
-node reads."""
+probes ask the real endpoints (also with TLS on), workers scale and answer
+/health, bearer tokens come from a mounted Secret, metrics are scrapeable,
+and every variable is one the node reads."""
 
 import base64
 import dataclasses
@@ -64,6 +65,25 @@ def containers(deployment: dict) -> dict[str, dict]:
     return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
 
 
+def env_values(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def mounts(container: dict) -> dict[str, str]:
+    """volume name -> mount path"""
+    return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+def volumes(deployment: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in deployment["spec"]["template"]["spec"].get("volumes", [])}
+
+
+def port_number(container: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    return {p["name"]: p["containerPort"] for p in container["ports"]}[port]
+
+
 def secret_refs(container: dict) -> dict[str, tuple[str, str]]:
     return {
         e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
@@ -101,21 +121,25 @@ def test_probes_ask_the_real_endpoints(check):
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert {p["name"]: p["containerPort"] for p in bridge["ports"]} == {"http": 8080}
+    assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"grpc": 50051, "metrics": 9100}
     assert {"name": "GRPC_TARGET", "value": "localhost:50051"} in bridge["env"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert server[probe]["grpc"]["port"] == 50051
     assert server["readinessProbe"]["grpc"]["service"] == "vlmnode.v1.JobService"
+    # Auth and TLS are off by default: no token file, no certificate.
+    for c in cs.values():
+        assert not {"AUTH_TOKENS_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE"} & set(env_values(c))
     for c in cs.values():
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_workers_scale(check):
-    for name in ("helm-default", "helm-seed", "helm-full", "helm-external"):
+    for name in ("helm-default", "helm-seed", "helm-full", "helm-external", "helm-secure"):
         worker = find(render(check, name), "Deployment", "-worker")
         for c in containers(worker).values():
-            assert "ports" not in c, f"{name}: the worker must not take a port"
-            assert not any("hostPort" in p for p in c.get("ports", []))
+            assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("metrics", 8081)], name
+            assert not any("hostPort" in p for p in c["ports"]), f"{name}: a worker takes no host port, so it scales"
     full = render(check, "helm-full")
     assert "replicas" not in find(full, "Deployment", "-worker")["spec"], "the HPA owns replicas"
     hpa = find(full, "HorizontalPodAutoscaler", "-worker")
@@ -128,6 +152,7 @@ def test_workers_scale(check):
     compose = render(check, "compose")[0]["services"]
     worker = compose["worker"]
     assert "container_name" not in worker and "ports" not in worker, "`--scale worker=N` needs neither"
+    assert worker["expose"] == ["8081"], "the health port, inside the Compose network only"
     assert worker["environment"]["POSTGRES_URL"].startswith("postgresql://")
     bridge_ports = {(int(p["published"]), p["target"]) for p in compose["bridge"]["ports"]}
     assert bridge_ports == {(8080, 8080), (3000, 8080)}, "REST on 8080, the console on 3000"
@@ -150,10 +175,145 @@ def test_external_database_and_secrets(check):
 
 
 def test_every_variable_is_one_the_node_reads(check):
-    for name in ("helm-default", "helm-full", "helm-external"):
-        config = find(render(check, name), "ConfigMap")["data"]
+    for name in ("helm-default", "helm-full", "helm-external", "helm-auth-created", "helm-secure"):
+        docs = render(check, name)
+        config = find(docs, "ConfigMap")["data"]
         assert set(config) <= SETTINGS, f"{name}: unknown variables {set(config) - SETTINGS}"
+        for deployment in (find(docs, "Deployment", "-server"), find(docs, "Deployment", "-worker")):
+            for c in containers(deployment).values():
+                unknown = {e["name"] for e in c.get("env", [])} - SETTINGS - {"PGPASSWORD"}
+                assert not unknown, f"{name} {c['name']}: unknown variables {unknown}"
     for service in ("server", "bridge", "worker"):
         env = set(render(check, "compose")[0]["services"][service]["environment"])
         unknown = env - SETTINGS - COMPOSE_ONLY
         assert not unknown, f"compose {service}: unknown variables {unknown}"
+
+
+def test_worker_probes_ask_health_on_its_port(check):
+    for name in ("helm-default", "helm-secure"):
+        worker = containers(find(render(check, name), "Deployment", "-worker"))["worker"]
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = worker[probe]["httpGet"]
+            assert get["path"] == "/health" and port_number(worker, get["port"]) == 8081, (name, probe, get)
+            assert get.get("scheme", "HTTP") == "HTTP", "the health port is plain HTTP, also with TLS on"
+        assert worker["startupProbe"]["failureThreshold"] * worker["startupProbe"]["periodSeconds"] >= 600, \
+            "the first start may pull the models before /health answers"
+        assert find(render(check, name), "ConfigMap")["data"]["WORKER_HEALTH_PORT"] == "8081"
+
+
+def test_tokens_come_from_a_mounted_secret(check):
+    for name, secret_name in (("helm-auth-created", "vlm-node-auth"), ("helm-secure", "vlm-node-tokens")):
+        docs = render(check, name)
+        pod = find(docs, "Deployment", "-server")
+        volume = volumes(pod)["auth-tokens"]["secret"]
+        assert volume["secretName"] == secret_name
+        assert volume["items"] == [{"key": "tokens", "path": "tokens"}]
+        for c in ("server", "bridge"):
+            container = containers(pod)[c]
+            path = env_values(container)["AUTH_TOKENS_FILE"]
+            assert path == mounts(container)["auth-tokens"] + "/tokens", (name, c)
+        worker = containers(find(docs, "Deployment", "-worker"))["worker"]
+        assert "AUTH_TOKENS_FILE" not in env_values(worker) and "auth-tokens" not in mounts(worker)
+        assert "auth-tokens" not in volumes(find(docs, "Deployment", "-worker"))
+        assert not {"AUTH_TOKENS", "AUTH_TOKENS_FILE"} & set(find(docs, "ConfigMap")["data"]), "no token in the ConfigMap"
+
+    created = render(check, "helm-auth-created")
+    secret = find(created, "Secret", "-auth")
+    assert base64.b64decode(secret["data"]["tokens"]).decode().splitlines() == ["t0k-one", "t0k-two"]
+    annotations = find(created, "Deployment", "-server")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/auth" in annotations, "the server pod restarts when the tokens change"
+    assert not [d for d in render(check, "helm-secure") if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-auth")], \
+        "an existing Secret is used, not created"
+    assert not [d for d in render(check, "helm-default") if d["metadata"]["name"].endswith("-auth")]
+
+
+def test_tls_certificate_and_probes(check):
+    docs = render(check, "helm-secure")
+    pod = find(docs, "Deployment", "-server")
+    assert volumes(pod)["tls"]["secret"]["secretName"] == "vlm-node-tls"
+    cs = containers(pod)
+    for c in ("server", "bridge"):
+        env, where = env_values(cs[c]), mounts(cs[c])["tls"]
+        assert env["TLS_CERT_FILE"] == f"{where}/tls.crt" and env["TLS_KEY_FILE"] == f"{where}/tls.key", c
+    bridge, server = cs["bridge"], cs["server"]
+    assert env_values(bridge)["GRPC_CA_FILE"] == mounts(bridge)["tls"] + "/ca.crt"  # tls.caKey=ca.crt
+    assert env_values(bridge)["GRPC_TARGET"] == "localhost:50051"
+    # The bridge serves HTTPS: its probes say so.
+    assert bridge["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http", "scheme": "HTTPS"}
+    assert bridge["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http", "scheme": "HTTPS"}
+    # Kubernetes' gRPC probes cannot speak TLS: the server is probed on its plain-HTTP /health instead.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "grpc" not in server[probe], probe
+    for probe in ("startupProbe", "readinessProbe"):
+        get = server[probe]["httpGet"]
+        assert get["path"] == "/health" and port_number(server, get["port"]) == 9100 and get.get("scheme", "HTTP") == "HTTP"
+    assert port_number(server, server["livenessProbe"]["tcpSocket"]["port"]) == 50051
+    worker = containers(find(docs, "Deployment", "-worker"))["worker"]
+    assert "tls" not in mounts(worker) and "TLS_CERT_FILE" not in env_values(worker)
+    grpc = {p["name"]: p for p in find(docs, "Service", "vlm-node")["spec"]["ports"]}["grpc"]
+    assert grpc.get("appProtocol") != "kubernetes.io/h2c", "gRPC is no longer cleartext HTTP/2"
+
+
+def test_metrics_are_scrapeable(check):
+    default = render(check, "helm-default")
+    for suffix, port in (("-server", "9100"), ("-worker", "8081")):
+        annotations = find(default, "Deployment", suffix)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == port, suffix
+        assert annotations["prometheus.io/path"] == "/metrics"
+    assert find(default, "ConfigMap")["data"]["METRICS_PORT"] == "9100"
+    assert not [d for d in default if d["kind"] == "ServiceMonitor"], "off by default: it needs the Operator's CRDs"
+
+    docs = render(check, "helm-secure")
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [d for d in docs if d["kind"] == "Service" and selector.items() <= d["metadata"]["labels"].items()]
+    assert sorted(d["metadata"]["name"] for d in selected) == ["vlm-node-metrics", "vlm-node-worker-metrics"], \
+        "only the metrics Services, so nothing is scraped twice"
+    endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
+    assert set(endpoints) == {"metrics", "bridge-metrics"}
+    assert all(e["path"] == "/metrics" for e in endpoints.values())
+    assert endpoints["bridge-metrics"]["scheme"] == "https", "TLS is on: the bridge's /metrics is HTTPS"
+    assert endpoints["metrics"].get("scheme", "http") == "http"
+    pods = {"server": find(docs, "Deployment", "-server"), "worker": find(docs, "Deployment", "-worker")}
+    for service in selected:
+        component = service["spec"]["selector"]["app.kubernetes.io/component"]
+        pod_containers = containers(pods[component]).values()
+        named = {p["name"]: p["containerPort"] for c in pod_containers for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in named, (service["metadata"]["name"], port)
+        assert service["spec"]["clusterIP"] == "None"
+    server_ports = {p["name"]: p["targetPort"] for p in find(docs, "Service", "node-metrics")["spec"]["ports"]}
+    assert server_ports == {"metrics": "metrics", "bridge-metrics": "http"}
+    # The main Service (maybe a LoadBalancer) does not publish the metrics ports.
+    assert {p["name"] for p in find(docs, "Service", "vlm-node")["spec"]["ports"]} == {"http", "grpc"}
+
+
+def test_notes_say_when_the_node_is_open():
+    notes = (ROOT / "charts" / "vlm-node" / "templates" / "NOTES.txt").read_text()
+    assert "{{- if .Values.auth.enabled }}" in notes
+    assert "WARNING: authentication is off" in notes
+
+
+def test_compose_passes_tokens_and_tls_to_the_api_only(check):
+    plain = render(check, "compose")[0]
+    with_secrets = render(check, "compose-secrets")[0]
+    assert {s["file"] for s in plain["secrets"].values()} == {"/dev/null"}, "unset: nothing is read"
+    assert {Path(s["file"]).name for s in with_secrets["secrets"].values()} == {"tokens", "tls.crt", "tls.key"}
+    for compose in (plain, with_secrets):
+        services = compose["services"]
+        for name in ("server", "bridge"):
+            assert {s["source"] for s in services[name]["secrets"]} == {"auth_tokens", "tls_cert", "tls_key"}, name
+        worker = services["worker"]
+        assert "secrets" not in worker
+        for name in ("AUTH_TOKENS_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", "GRPC_CA_FILE"):
+            assert worker["environment"][name] == "", f"a worker must not be told of {name}"
+        assert services["server"]["expose"] == ["9100"] and "9100" not in str(services["server"].get("ports"))
+        for name in ("server", "bridge", "worker"):
+            test = " ".join(services[name]["healthcheck"]["test"])
+            assert "/health" in test, name
+        assert "METRICS_PORT" in " ".join(services["server"]["healthcheck"]["test"])
+        assert "WORKER_HEALTH_PORT" in " ".join(services["worker"]["healthcheck"]["test"])
+        assert "https" in " ".join(services["bridge"]["healthcheck"]["test"])

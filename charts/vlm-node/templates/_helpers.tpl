@@ -100,6 +100,85 @@ stored (so upgrades keep it), else a new random one. */}}
 {{- if and .Values.security.createSecret (not (and .Values.security.posemeshEmail .Values.security.posemeshPassword)) }}
 {{- fail "security.createSecret=true needs security.posemeshEmail and security.posemeshPassword" }}
 {{- end }}
+{{- $auth := .Values.auth }}
+{{- if $auth.enabled }}
+{{- if and $auth.createSecret $auth.existingSecret }}
+{{- fail "auth: set either auth.createSecret=true (with auth.tokens) or auth.existingSecret, not both" }}
+{{- end }}
+{{- if not (or $auth.createSecret $auth.existingSecret) }}
+{{- fail "auth.enabled=true needs the tokens: auth.existingSecret (a Secret with the key `tokens`, one token a line) or auth.createSecret=true with auth.tokens" }}
+{{- end }}
+{{- if and $auth.createSecret (not $auth.tokens) }}
+{{- fail "auth.createSecret=true needs at least one token in auth.tokens" }}
+{{- end }}
+{{- else if or $auth.createSecret $auth.existingSecret $auth.tokens }}
+{{- fail "auth: tokens are given but auth.enabled=false, so the node would be open; set auth.enabled=true" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
+{{- fail "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key" }}
+{{- end }}
+{{- end }}
+
+{{/* Bearer tokens and TLS: the files the gRPC server and the bridge read. */}}
+{{- define "vlm-node.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "vlm-node.fullname" .)) }}
+{{- end }}
+
+{{- define "vlm-node.authDir" -}}/etc/vlm-node/auth{{- end }}
+{{- define "vlm-node.tlsDir" -}}/etc/vlm-node/tls{{- end }}
+
+{{/* Env items (no `env:` key) for a container that serves the API. */}}
+{{- define "vlm-node.securityEnv" -}}
+{{- if .Values.auth.enabled }}
+- name: AUTH_TOKENS_FILE
+  value: {{ printf "%s/tokens" (include "vlm-node.authDir" .) | quote }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" (include "vlm-node.tlsDir" .) | quote }}
+- name: TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" (include "vlm-node.tlsDir" .) | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "vlm-node.securityMounts" -}}
+{{- if .Values.auth.enabled }}
+- name: auth-tokens
+  mountPath: {{ include "vlm-node.authDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "vlm-node.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "vlm-node.securityVolumes" -}}
+{{- if .Values.auth.enabled }}
+- name: auth-tokens
+  secret:
+    secretName: {{ include "vlm-node.authSecretName" . }}
+    items:
+      - key: tokens
+        path: tokens
+    defaultMode: 288  # 0440: the pod's group (fsGroup) reads it
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.secretName }}
+    defaultMode: 288  # 0440: the pod's group (fsGroup) reads it
+{{- end }}
+{{- end }}
+
+{{/* prometheus.io/* pod annotations for one port; call with (dict "root" $ "port" N). */}}
+{{- define "vlm-node.scrapeAnnotations" -}}
+{{- if .root.Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end }}
 
 {{/* Environment of the node's server and worker containers. */}}

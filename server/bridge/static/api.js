@@ -1,5 +1,8 @@
 // The bridge's public API, as the README describes it: REST under /api/v1,
-// server-sent events for one job, the realtime WebSocket. Nothing else.
+// server-sent events for one job, the realtime WebSocket. Nothing else. When
+// an access token is saved (token.js) every call carries it; a 401 asks for one.
+
+import { getToken, refusalMessage, tokenRefused, withToken } from "./token.js";
 
 export class ApiError extends Error {
   constructor(message, status) {
@@ -10,6 +13,8 @@ export class ApiError extends Error {
 
 async function call(method, path, body) {
   const options = { method, headers: { Accept: "application/json" } };
+  const token = getToken();
+  if (token) options.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -26,6 +31,11 @@ async function call(method, path, body) {
     data = text ? JSON.parse(text) : null;
   } catch {
     data = null;
+  }
+  if (response.status === 401) {
+    const message = refusalMessage();
+    tokenRefused();
+    throw new ApiError(message, 401);
   }
   if (!response.ok) {
     // Every refusal is {"error": "<one readable line>"}.
@@ -48,6 +58,16 @@ export const retryJob = (id, body) => call("PUT", `/api/v1/jobs/${encodeURICompo
 export const cancelJob = (id) => call("POST", `/api/v1/jobs/${encodeURIComponent(id)}/cancel`);
 export const ready = () => fetch("/ready", { headers: { Accept: "application/json" } });
 
+/** "ok", "unauthorized" (and the token is asked for) or "unknown": whether this browser may use the API. */
+export async function checkAccess() {
+  try {
+    await call("GET", "/api/v1/jobs?limit=1");
+    return "ok";
+  } catch (error) {
+    return error.status === 401 ? "unauthorized" : "unknown";
+  }
+}
+
 const FINAL = new Set(["completed", "failed", "cancelled"]);
 
 /**
@@ -58,7 +78,8 @@ const FINAL = new Set(["completed", "failed", "cancelled"]);
  * stops following.
  */
 export function watchJob(id, { onJob, onState = () => {} }) {
-  const source = new EventSource(`/api/v1/jobs/${encodeURIComponent(id)}/events`);
+  // EventSource cannot set headers: the token rides in the query.
+  const source = new EventSource(withToken(`/api/v1/jobs/${encodeURIComponent(id)}/events`));
   let closed = false;
   const close = () => {
     if (!closed) {
@@ -100,6 +121,23 @@ export function watchJob(id, { onJob, onState = () => {} }) {
     }
   });
   return close;
+}
+
+/**
+ * Opens the realtime WebSocket. A saved token is offered as the subprotocol
+ * `bearer.<token>` beside "vlmnode" (the one the bridge picks); a token with
+ * characters a subprotocol cannot carry goes in the query instead.
+ */
+export function openRealtime(numPredict) {
+  const url = realtimeUrl(numPredict);
+  const token = getToken();
+  if (!token) return new WebSocket(url);
+  try {
+    return new WebSocket(url, ["vlmnode", `bearer.${token}`]);
+  } catch (error) {
+    if (error.name !== "SyntaxError") throw error;
+    return new WebSocket(withToken(url));
+  }
 }
 
 /** The WebSocket URL of the realtime endpoint, on this page's own host. */

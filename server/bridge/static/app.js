@@ -1,6 +1,8 @@
 // The console's entry: a hash router (#/jobs, #/jobs/<id>, #/submit, #/live)
-// that mounts one page at a time, and the node's readiness in the header.
+// that mounts one page at a time, the node's readiness and the access token
+// control in the header.
 
+import { mountAccessControl } from "./access.js";
 import { ready } from "./api.js";
 import { clear, h, notice, pageHeader, setTitle } from "./dom.js";
 import * as jobs from "./jobs.js";
@@ -93,6 +95,9 @@ document.querySelector("[data-skip]").addEventListener("click", (event) => {
 
 window.addEventListener("hashchange", route);
 if (!window.location.hash) history.replaceState(null, "", "#/jobs");
+mountAccessControl(document.getElementById("access"));
+// A token saved or cleared: show the page again with it.
+window.addEventListener("vlmnode:token", () => route());
 route();
 
 // The node's readiness, in words, in the header.

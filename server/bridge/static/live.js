@@ -4,7 +4,7 @@
 // naming the frames it answered (numbered from 1 in send order) and how many
 // were dropped while the model was busy. Plain text messages are notices.
 
-import { realtimeUrl } from "./api.js";
+import { checkAccess, openRealtime } from "./api.js";
 import { clear, h, pageHeader, setTitle } from "./dom.js";
 import { field } from "./form.js";
 
@@ -274,11 +274,10 @@ export async function render(root, ctx) {
     if (ws && ws.readyState === WebSocket.OPEN) return Promise.resolve(ws);
     if (opening) return opening;
     const limit = document.getElementById("num-predict").value.trim();
-    const url = realtimeUrl(limit ? Number(limit) : 0);
     lastError = null;
     sentPrompt = null;
     setConn("connecting", "Connecting…");
-    const socket = new WebSocket(url);
+    const socket = openRealtime(limit ? Number(limit) : 0);
     ws = socket;
     opening = new Promise((resolve, reject) => {
       socket.addEventListener("open", () => {
@@ -296,6 +295,15 @@ export async function render(root, ctx) {
         setConn("closed", why ? `Closed: ${why}` : "Not connected");
         entry("system", h("p.live-entry__text", {}, `Connection closed${why ? ` (${why})` : ""}.`));
         if (wasOpening) reject(new Error(why || "could not connect"));
+        // A refused handshake says nothing to the page (code 1006): ask the
+        // API whether it is the token, which also asks for one.
+        if (wasOpening && event.code === 1006 && !lastError) {
+          checkAccess().then((access) => {
+            if (access !== "unauthorized" || ctx.signal.aborted || ws) return;
+            setConn("closed", "Not connected: this node needs an access token");
+            entry("error", h("p.live-entry__who", {}, "Error"), h("p.live-entry__text", {}, "This node needs an access token. Enter it with “Access token” at the top of the page, then connect again."));
+          });
+        }
       });
     });
     socket.addEventListener("message", onMessage);
