@@ -13,7 +13,7 @@ from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.auth import Tokens
 from server.bridge import console, health, rest, websocket
-from server.bridge.auth import RequireToken, forward_token
+from server.bridge.auth import RequireToken
 from server.bridge.errors import grpc_error_handler, http_error_handler
 
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
@@ -40,9 +40,9 @@ def create_app(
         ]
         if root_certificates:
             credentials = grpc.ssl_channel_credentials(root_certificates)
-            channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=forward_token())
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
-            channel = grpc.aio.insecure_channel(target, options=options, interceptors=forward_token())
+            channel = grpc.aio.insecure_channel(target, options=options)
         app.state.jobs = jobs_pb2_grpc.JobServiceStub(channel)
         app.state.inference = inference_pb2_grpc.InferenceServiceStub(channel)
         app.state.health = health_pb2_grpc.HealthStub(channel)

@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from vlmnode.v1 import jobs_pb2
 
 from server.bridge import openapi
+from server.bridge.auth import caller_metadata
 from server.bridge.errors import error_response
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
@@ -259,6 +260,7 @@ async def list_jobs(request: Request) -> Response:
             job_type=job_type,
         ),
         timeout=CALL_TIMEOUT,
+        metadata=caller_metadata(),
     )
     # A plain array, as the original answered.
     return JSONResponse([job_to_json(job) for job in response.jobs])
@@ -276,14 +278,14 @@ async def create_job(request: Request) -> Response:
     )
     _object(body, "query", message.query)
     _object(body, "input", message.input)
-    response = await _jobs(request).CreateJob(message, timeout=CALL_TIMEOUT)
+    response = await _jobs(request).CreateJob(message, timeout=CALL_TIMEOUT, metadata=caller_metadata())
     # 200, not 201: the original answered a create with 200 and the job.
     return JSONResponse(job_to_json(response.job))
 
 
 @refusing_bad_requests
 async def get_job(request: Request) -> Response:
-    response = await _jobs(request).GetJob(jobs_pb2.GetJobRequest(id=_job_id(request)), timeout=CALL_TIMEOUT)
+    response = await _jobs(request).GetJob(jobs_pb2.GetJobRequest(id=_job_id(request)), timeout=CALL_TIMEOUT, metadata=caller_metadata())
     return JSONResponse(job_to_json(response.job))
 
 
@@ -293,7 +295,7 @@ async def retry_job(request: Request) -> Response:
     body = await _read_object(request, RETRY_FIELDS)
     message = jobs_pb2.RetryJobRequest(id=job_id, job_type=_string(body, "job_type", required=True))
     _object(body, "input", message.input)
-    response = await _jobs(request).RetryJob(message, timeout=CALL_TIMEOUT)
+    response = await _jobs(request).RetryJob(message, timeout=CALL_TIMEOUT, metadata=caller_metadata())
     return JSONResponse(job_to_json(response.job))
 
 
@@ -301,7 +303,7 @@ async def retry_job(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     job_id = _job_id(request)
     await _read_object(request, (), allow_empty=True)  # nothing, or {}
-    response = await _jobs(request).CancelJob(jobs_pb2.CancelJobRequest(id=job_id), timeout=CALL_TIMEOUT)
+    response = await _jobs(request).CancelJob(jobs_pb2.CancelJobRequest(id=job_id), timeout=CALL_TIMEOUT, metadata=caller_metadata())
     return JSONResponse(job_to_json(response.job))
 
 
@@ -356,7 +358,7 @@ class EventStream(StreamingResponse):
 
 @refusing_bad_requests
 async def job_events(request: Request) -> Response:
-    call = _jobs(request).WatchJob(jobs_pb2.WatchJobRequest(id=_job_id(request)))
+    call = _jobs(request).WatchJob(jobs_pb2.WatchJobRequest(id=_job_id(request)), metadata=caller_metadata())
     try:
         # The first message before answering, so an unknown job is a plain 404.
         first = await call.read()

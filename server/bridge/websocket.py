@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from vlmnode.v1 import inference_pb2 as pb
 
 from server import metrics
+from server.bridge.auth import caller_metadata
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ async def realtime(websocket: WebSocket) -> None:
         await _close(websocket, 1008, str(exc))
         return
     metrics.WEBSOCKETS.inc()
-    call = websocket.app.state.inference.Infer()
+    call = websocket.app.state.inference.Infer(metadata=caller_metadata())
     await call.write(pb.InferRequest(config=pb.StreamConfig(num_predict=num_predict)))
     inbound = asyncio.create_task(_client_to_node(websocket, call))
     outbound = asyncio.create_task(_node_to_client(websocket, call))
