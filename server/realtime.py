@@ -17,7 +17,7 @@ from vlmnode.v1 import inference_pb2
 
 from server import metrics
 from server.engine import OllamaEngine
-from server.errors import BadInput, NodeError, TooLarge
+from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge
 from server.images import check_image, prepare_image
 
 NO_PROMPT = "No prompt received for image batch"
@@ -31,6 +31,7 @@ class RealtimeLimits:
     max_prompt_chars: int = 8000
     max_num_predict: int = 8192
     idle_timeout: float = 300.0  # seconds without a message before the stream is closed
+    max_failed_answers: int = 3  # answers in a row the model may fail before the stream ends
     flush_after: float = 2.0  # seconds of quiet before queued frames are answered anyway
     image_max_side: int = 1024
 
@@ -91,6 +92,7 @@ class Session:
         self.queued: collections.deque[QueuedFrame] = collections.deque()
         self.dropped = 0
         self.answers_sent = 0
+        self._failures = 0  # answers in a row the model failed
         self._frames_seen = 0
         self._last_frame = time.monotonic()
         self._flush = False
@@ -204,9 +206,20 @@ class Session:
         self.answers_sent += 1
         answer_id = self.answers_sent
         stream = self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options)
-        async with contextlib.aclosing(stream) as chunks:
-            async for text, done in chunks:
-                chunk = inference_pb2.AnswerChunk(
-                    answer_id=answer_id, text=text, done=done, frame_ids=frame_ids, frames_dropped=self.dropped
-                )
-                yield inference_pb2.InferResponse(chunk=chunk)
+        try:
+            async with contextlib.aclosing(stream) as chunks:
+                async for text, done in chunks:
+                    chunk = inference_pb2.AnswerChunk(
+                        answer_id=answer_id, text=text, done=done, frame_ids=frame_ids, frames_dropped=self.dropped
+                    )
+                    yield inference_pb2.InferResponse(chunk=chunk)
+        except PeerUnavailable as exc:
+            # One failed answer is a blip the stream survives; a model that
+            # keeps failing ends it with the reason.
+            self._failures += 1
+            if self._failures >= self.limits.max_failed_answers:
+                raise
+            note = f"no answer for these frames: {exc.message}"
+            yield inference_pb2.InferResponse(notice=inference_pb2.Notice(message=note, frame_ids=frame_ids))
+            return
+        self._failures = 0

@@ -157,8 +157,11 @@ async def test_ollama_down_is_said_before_closing(ws_url, fake_ollama):
     fake_ollama.stop()
     async with websockets.connect(ws_url) as ws:
         await ws.send("Describe")
-        await ws.send(solid_jpeg("red"))
-        await ws.send(solid_jpeg("red"))
+        for batch in range(3):  # two failed answers are said; the third in a row closes the socket
+            await ws.send(solid_jpeg("red"))
+            await ws.send(solid_jpeg("red"))
+            if batch < 2:
+                assert (await ws.recv()).startswith("no answer for these frames: Ollama is not reachable")
         message = json.loads(await ws.recv())
         assert "Ollama is not reachable" in message["error"]
         with pytest.raises(ConnectionClosed) as closed:

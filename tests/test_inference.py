@@ -235,5 +235,25 @@ async def test_ollama_down_and_model_missing(infer_node, fake_ollama):
     fake_ollama.stop()
     down = stub.Infer()
     await down.write(config(prompt="hi", batch_size=1))
-    await down.write(frame("red"))
+    for n in range(3):  # two failed answers are said; the third in a row ends the stream
+        await down.write(frame("red", f"f{n}"))
+        if n < 2:
+            notice = (await down.read()).notice
+            assert notice.message.startswith("no answer for these frames: Ollama is not reachable")
+            assert list(notice.frame_ids) == [f"f{n}"]
     await expect_status(down, grpc.StatusCode.UNAVAILABLE, "Ollama is not reachable")
+
+
+async def test_a_failed_answer_is_a_notice_and_the_stream_goes_on(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1))
+    fake_ollama.mode = "error"
+    await call.write(frame("red"))
+    notice = (await call.read()).notice
+    assert "no answer for these frames" in notice.message and list(notice.frame_ids) == ["red"]
+    fake_ollama.mode = "ok"
+    await call.write(frame("blue"))
+    text, last = await read_answer(call)
+    assert text == "a 64x48 image, mostly blue" and list(last.frame_ids) == ["blue"]
+    call.cancel()
