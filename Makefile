@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) -m bench.queue
 	$(PY) -m bench.task_timing
 	$(PY) -m bench.realtime
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) .vlmnode-data

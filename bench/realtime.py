@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,28 +25,11 @@ from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
 
 from bench.database import fresh_store, percentile
+from bench.ports import free_port, wait_port
 from tests.images import solid_jpeg
 
 MODEL = "moondream:1.8b"
 PROMPT = "What do you see?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 async def direct(host: str, image: bytes, n: int) -> list[float]:
