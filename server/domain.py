@@ -37,7 +37,7 @@ from urllib.parse import quote
 import httpx
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from server.errors import BadInput, PeerRefused, PeerUnavailable
+from server.errors import BadInput, PeerRefused, PeerUnavailable, shown
 
 __all__ = [
     "BATCH_SIZE",
@@ -116,7 +116,7 @@ class DomainQuery:
 
 
 def validate_domain_id(domain_id: Any) -> str:
-    if not isinstance(domain_id, str) or not _UUID_RE.match(domain_id.strip()):
+    if not isinstance(domain_id, str) or not _UUID_RE.fullmatch(domain_id.strip()):
         raise BadInput(f"domain_id must be a UUID, got {domain_id!r}")
     return domain_id.strip().lower()
 
@@ -146,7 +146,7 @@ def validate_query(query: Any) -> DomainQuery:
         raise BadInput(f"query must be an object, got {type(query).__name__}")
     unknown = sorted(set(query) - {"ids", "name", "data_type"})
     if unknown:
-        raise BadInput(f"query has unknown keys: {', '.join(map(str, unknown))} (allowed: ids, name, data_type)")
+        raise BadInput(f"query has unknown keys: {', '.join(map(shown, unknown))} (allowed: ids, name, data_type)")
     if "ids" not in query:
         raise BadInput("query.ids is required (use [] for all data in the domain)")
     ids = query["ids"]
@@ -158,7 +158,7 @@ def validate_query(query: Any) -> DomainQuery:
     for n, item_id in enumerate(ids):
         if not isinstance(item_id, str):
             raise BadInput(f"query.ids[{n}] must be a string, got {type(item_id).__name__}")
-        if not _UUID_RE.match(item_id):
+        if not _UUID_RE.fullmatch(item_id):
             raise BadInput(f"query.ids[{n}] is not a UUID: {item_id[:64]!r}")
         seen.setdefault(item_id.lower(), None)
     return DomainQuery(
@@ -203,7 +203,7 @@ def _parse_time(value: Any, what: str) -> datetime:
         text = text[:-1] + "+00:00"
     try:
         return _utc(datetime.fromisoformat(text))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a date that leaves the calendar in UTC
         raise PeerUnavailable(f"{DOMAIN} sent an unreadable {what}: {value[:64]!r}") from None
 
 

@@ -5,6 +5,12 @@ gRPC status) and says whether trying again later may succeed.
 """
 
 
+def shown(value: object) -> str:
+    """A caller's value as it goes into a one-line message: as it is when it
+    is printable text, else quoted with its control characters escaped."""
+    return value if isinstance(value, str) and value.isprintable() else repr(value)
+
+
 class NodeError(Exception):
     code = "internal"
     transient = False

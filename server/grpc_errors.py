@@ -30,6 +30,8 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
             if isinstance(exc, kind):
                 return code, exc.message
         return grpc.StatusCode.INTERNAL, exc.message
+    if isinstance(exc, psycopg.DataError):  # e.g. text PostgreSQL cannot store: the caller's to fix
+        return grpc.StatusCode.INVALID_ARGUMENT, "the request holds text the job database cannot store"
     if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
         return grpc.StatusCode.UNAVAILABLE, "the job database is unavailable; try again"
     log.exception("unexpected error", exc_info=exc)

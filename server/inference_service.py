@@ -10,8 +10,8 @@ from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 from server import logs, metrics
 from server.engine import OllamaEngine
-from server.errors import BadInput, TimedOut
-from server.grpc_errors import translate_errors
+from server.errors import BadInput, NodeError, TimedOut
+from server.grpc_errors import status_for, translate_errors
 from server.realtime import RealtimeLimits, Session, stream_settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,12 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         try:
             async for response in session.answers():
                 yield response
+        except NodeError as exc:
+            # Say why before the status: the client may still be writing, and
+            # a write racing the end can hide the status from it.
+            code, message = status_for(exc)
+            yield inference_pb2.InferResponse(error=inference_pb2.StreamError(code=code.name, message=message))
+            raise
         finally:
             metrics.STREAMS.dec()
             reader.cancel()

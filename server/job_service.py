@@ -90,6 +90,8 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         domain_id, domain_query, _ = validate_job(request.job_type, request.domain_id, query, data)
         if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise BadInput(f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} characters")
+        if not request.idempotency_key.isprintable():
+            raise BadInput("idempotency_key must be printable text")
         if not 0 <= request.max_attempts <= 100:
             raise BadInput("max_attempts must be between 1 and 100 (0 for the default)")
         if self.domain is None:

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from server.domain import DomainQuery, validate_domain_id, validate_query
-from server.errors import BadInput
+from server.errors import BadInput, shown
 
 TASK_TIMING = "task_timing_v1"
 VLM_ONLY = "vlm_only"
@@ -37,6 +37,8 @@ def _text(data: Mapping[str, Any], key: str, *, required: bool) -> str:
         value = ""
     if not isinstance(value, str):
         raise BadInput(f"input.{key} must be a string")
+    if "\x00" in value:  # PostgreSQL cannot store it
+        raise BadInput(f"input.{key} must not contain NUL characters")
     if len(value) > MAX_PROMPT_CHARS:
         raise BadInput(f"input.{key} is longer than {MAX_PROMPT_CHARS} characters")
     if required and not value.strip():
@@ -49,7 +51,7 @@ def validate_input(job_type: str, data: Any) -> JobInput:
         raise BadInput("input must be an object")
     unknown = set(data) - INPUT_KEYS[job_type]
     if unknown:
-        raise BadInput(f"unknown input field(s) for {job_type}: {', '.join(sorted(unknown))}")
+        raise BadInput(f"unknown input field(s) for {job_type}: {', '.join(map(shown, sorted(unknown)))}")
     if job_type == TASK_TIMING:
         prompt = _text(data, "prompt", required=True)
         vlm_prompt = _text(data, "vlm_prompt", required=True)

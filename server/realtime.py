@@ -8,6 +8,7 @@ per stream is bounded and answers stay current.
 
 import asyncio
 import collections
+import math
 import contextlib
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from vlmnode.v1 import inference_pb2
 
 from server import metrics
 from server.engine import OllamaEngine
-from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge
+from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, shown
 from server.images import check_image, prepare_image
 
 NO_PROMPT = "No prompt received for image batch"
@@ -72,8 +73,8 @@ def stream_settings(
             raise BadInput(f"temperature must be between 0 and 2, got {config.temperature:g}")
         options["temperature"] = config.temperature
     flush = config.flush_after_seconds
-    if flush > 3600:
-        raise BadInput("flush_after_seconds must be at most 3600")
+    if not math.isfinite(flush) or flush > 3600:
+        raise BadInput("flush_after_seconds must be a number of at most 3600")
     return StreamSettings(
         model=config.model or default_model,
         prompt=config.prompt or None,
@@ -111,7 +112,7 @@ class Session:
         try:
             check_image(frame.image, max_bytes=self.limits.max_frame_bytes, max_pixels=self.limits.max_pixels)
         except BadInput as exc:
-            raise BadInput(f"frame {frame.id or self._frames_seen + 1}: {exc.message}") from None
+            raise BadInput(f"frame {shown(frame.id or self._frames_seen + 1)}: {exc.message}") from None
         self._frames_seen += 1
         metrics.FRAMES.inc()
         if len(self.queued) >= self.settings.batch_size:
@@ -194,7 +195,7 @@ class Session:
         images, frame_ids = [], []
         for frame, result in zip(batch, prepared):
             if isinstance(result, NodeError):
-                note = f"frame {frame.id} could not be read: {result.message}"
+                note = f"frame {shown(frame.id)} could not be read: {result.message}"
                 yield inference_pb2.InferResponse(notice=inference_pb2.Notice(message=note, frame_ids=[frame.id]))
             elif isinstance(result, BaseException):
                 raise result

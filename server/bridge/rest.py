@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from vlmnode.v1 import jobs_pb2
 
 from server.bridge import openapi
+from server.errors import shown
 from server.bridge.auth import caller_metadata
 from server.bridge.errors import error_response
 
@@ -154,12 +155,16 @@ async def _read_object(request: Request, fields: tuple[str, ...], *, allow_empty
         value = json.loads(body, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON") from None
+    try:  # JSON may escape a lone surrogate, which is no text protobuf can carry
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("request body holds text that is not valid Unicode") from None
     if not isinstance(value, dict):
         raise BadRequest(f"request body must be a JSON object, not {_json_type(value)}")
     unknown = sorted(set(value) - set(fields))
     if unknown:
         raise BadRequest(
-            f"unknown field(s) in request body: {', '.join(unknown)}; expected {', '.join(fields) or 'none'}"
+            f"unknown field(s) in request body: {', '.join(map(shown, unknown))}; expected {', '.join(fields) or 'none'}"
         )
     return value
 

@@ -70,9 +70,14 @@ async def _client_to_node(websocket: WebSocket, call) -> None:
 
 async def _node_to_client(websocket: WebSocket, call) -> None:
     async for response in call:
-        if response.WhichOneof("message") == "notice":
+        kind = response.WhichOneof("message")
+        if kind == "notice":
             await websocket.send_text(response.notice.message)
             continue
+        if kind == "error":
+            code = CLOSE_CODES.get(getattr(grpc.StatusCode, response.error.code, None), 1011)
+            await _close(websocket, code, response.error.message)
+            return
         chunk = response.chunk
         answer: dict = {"response": chunk.text, "done": chunk.done}
         if chunk.done:

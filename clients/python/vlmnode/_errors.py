@@ -97,3 +97,9 @@ def error_from_rpc(exc: grpc.RpcError, target: str, timeout: float | None = None
         message = f"the node at {target} did not answer{waited}"
     kind = _BY_CODE.get(code, VlmNodeError)
     return kind(message, code=code.name, details=details)
+
+
+def error_from_stream(code_name: str, message: str) -> VlmNodeError:
+    """A VlmNodeError for the StreamError a node sends before ending a stream."""
+    code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, VlmNodeError)(message, code=code.name, details=message)

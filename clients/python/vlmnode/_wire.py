@@ -12,7 +12,7 @@ from typing import Any, Union
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from vlmnode._errors import InvalidArgumentError
+from vlmnode._errors import InvalidArgumentError, error_from_stream
 from vlmnode._types import AnswerChunk, Frame, Job, JobError, Notice
 from vlmnode.v1 import inference_pb2, jobs_pb2
 
@@ -232,4 +232,6 @@ def infer_result(response: inference_pb2.InferResponse) -> AnswerChunk | Notice 
         )
     if kind == "notice":
         return Notice(message=response.notice.message, frame_ids=list(response.notice.frame_ids))
+    if kind == "error":  # the node's reason, sent just before it ends the stream
+        raise error_from_stream(response.error.code, response.error.message)
     return None  # a kind newer than this client

@@ -73,6 +73,12 @@ export function statusName(status: JobStatus): string {
   return (JobStatus[status] ?? "UNSPECIFIED").toLowerCase();
 }
 
+/** A ConnectError for a StreamError: "INVALID_ARGUMENT" -> Code.InvalidArgument. */
+function streamError(name: string, message: string): ConnectError {
+  const key = name.toLowerCase().replace(/(^|_)(\w)/g, (_, _sep, c: string) => c.toUpperCase()) as keyof typeof Code;
+  return new ConnectError(message, Code[key] ?? Code.Unknown);
+}
+
 /** An interceptor that adds `authorization: Bearer <token>`. */
 export function bearerToken(token: string): Interceptor {
   return (next) => async (req) => {
@@ -201,6 +207,8 @@ export class VlmNodeClient {
     for await (const response of responses) {
       if (response.message.case === "chunk") yield response.message.value;
       else if (response.message.case === "notice") onNotice?.(response.message.value);
+      // The node's reason, sent just before it ends the stream with that status.
+      else if (response.message.case === "error") throw streamError(response.message.value.code, response.message.value.message);
     }
   }
 

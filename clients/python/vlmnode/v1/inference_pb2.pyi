@@ -58,12 +58,14 @@ class Flush(_message.Message):
     def __init__(self) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("chunk", "notice")
+    __slots__ = ("chunk", "notice", "error")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     chunk: AnswerChunk
     notice: Notice
-    def __init__(self, chunk: _Optional[_Union[AnswerChunk, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    error: StreamError
+    def __init__(self, chunk: _Optional[_Union[AnswerChunk, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
 
 class AnswerChunk(_message.Message):
     __slots__ = ("answer_id", "text", "done", "frame_ids", "frames_dropped")
@@ -78,6 +80,14 @@ class AnswerChunk(_message.Message):
     frame_ids: _containers.RepeatedScalarFieldContainer[str]
     frames_dropped: int
     def __init__(self, answer_id: _Optional[int] = ..., text: _Optional[str] = ..., done: _Optional[bool] = ..., frame_ids: _Optional[_Iterable[str]] = ..., frames_dropped: _Optional[int] = ...) -> None: ...
+
+class StreamError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Notice(_message.Message):
     __slots__ = ("message", "frame_ids")

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vlmnode/v1/inference.proto.
  */
 export const file_vlmnode_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("Chp2bG1ub2RlL3YxL2luZmVyZW5jZS5wcm90bxIKdmxtbm9kZS52MSKzAQoMSW5mZXJSZXF1ZXN0EioKBmNvbmZpZxgBIAEoCzIYLnZsbW5vZGUudjEuU3RyZWFtQ29uZmlnSAASIgoFZnJhbWUYAiABKAsyES52bG1ub2RlLnYxLkZyYW1lSAASJAoGcHJvbXB0GAMgASgLMhIudmxtbm9kZS52MS5Qcm9tcHRIABIiCgVmbHVzaBgEIAEoCzIRLnZsbW5vZGUudjEuRmx1c2hIAEIJCgdtZXNzYWdlIp0BCgxTdHJlYW1Db25maWcSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEhIKCmJhdGNoX3NpemUYAyABKAUSEwoLbnVtX3ByZWRpY3QYBCABKAUSGAoLdGVtcGVyYXR1cmUYBSABKAJIAIgBARIbChNmbHVzaF9hZnRlcl9zZWNvbmRzGAYgASgBQg4KDF90ZW1wZXJhdHVyZSJTCgVGcmFtZRIKCgJpZBgBIAEoCRINCgVpbWFnZRgCIAEoDBIvCgtjYXB0dXJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoGUHJvbXB0EgwKBHRleHQYASABKAkiBwoFRmx1c2giagoNSW5mZXJSZXNwb25zZRIoCgVjaHVuaxgBIAEoCzIXLnZsbW5vZGUudjEuQW5zd2VyQ2h1bmtIABIkCgZub3RpY2UYAiABKAsyEi52bG1ub2RlLnYxLk5vdGljZUgAQgkKB21lc3NhZ2UiZwoLQW5zd2VyQ2h1bmsSEQoJYW5zd2VyX2lkGAEgASgNEgwKBHRleHQYAiABKAkSDAoEZG9uZRgDIAEoCBIRCglmcmFtZV9pZHMYBCADKAkSFgoOZnJhbWVzX2Ryb3BwZWQYBSABKA0iLAoGTm90aWNlEg8KB21lc3NhZ2UYASABKAkSEQoJZnJhbWVfaWRzGAIgAygJMlQKEEluZmVyZW5jZVNlcnZpY2USQAoFSW5mZXISGC52bG1ub2RlLnYxLkluZmVyUmVxdWVzdBoZLnZsbW5vZGUudjEuSW5mZXJSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Chp2bG1ub2RlL3YxL2luZmVyZW5jZS5wcm90bxIKdmxtbm9kZS52MSKzAQoMSW5mZXJSZXF1ZXN0EioKBmNvbmZpZxgBIAEoCzIYLnZsbW5vZGUudjEuU3RyZWFtQ29uZmlnSAASIgoFZnJhbWUYAiABKAsyES52bG1ub2RlLnYxLkZyYW1lSAASJAoGcHJvbXB0GAMgASgLMhIudmxtbm9kZS52MS5Qcm9tcHRIABIiCgVmbHVzaBgEIAEoCzIRLnZsbW5vZGUudjEuRmx1c2hIAEIJCgdtZXNzYWdlIp0BCgxTdHJlYW1Db25maWcSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEhIKCmJhdGNoX3NpemUYAyABKAUSEwoLbnVtX3ByZWRpY3QYBCABKAUSGAoLdGVtcGVyYXR1cmUYBSABKAJIAIgBARIbChNmbHVzaF9hZnRlcl9zZWNvbmRzGAYgASgBQg4KDF90ZW1wZXJhdHVyZSJTCgVGcmFtZRIKCgJpZBgBIAEoCRINCgVpbWFnZRgCIAEoDBIvCgtjYXB0dXJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoGUHJvbXB0EgwKBHRleHQYASABKAkiBwoFRmx1c2gilAEKDUluZmVyUmVzcG9uc2USKAoFY2h1bmsYASABKAsyFy52bG1ub2RlLnYxLkFuc3dlckNodW5rSAASJAoGbm90aWNlGAIgASgLMhIudmxtbm9kZS52MS5Ob3RpY2VIABIoCgVlcnJvchgDIAEoCzIXLnZsbW5vZGUudjEuU3RyZWFtRXJyb3JIAEIJCgdtZXNzYWdlImcKC0Fuc3dlckNodW5rEhEKCWFuc3dlcl9pZBgBIAEoDRIMCgR0ZXh0GAIgASgJEgwKBGRvbmUYAyABKAgSEQoJZnJhbWVfaWRzGAQgAygJEhYKDmZyYW1lc19kcm9wcGVkGAUgASgNIiwKC1N0cmVhbUVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIsCgZOb3RpY2USDwoHbWVzc2FnZRgBIAEoCRIRCglmcmFtZV9pZHMYAiADKAkyVAoQSW5mZXJlbmNlU2VydmljZRJACgVJbmZlchIYLnZsbW5vZGUudjEuSW5mZXJSZXF1ZXN0Ghkudmxtbm9kZS52MS5JbmZlclJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message vlmnode.v1.InferRequest
@@ -189,6 +189,12 @@ export type InferResponse = Message<"vlmnode.v1.InferResponse"> & {
      */
     value: Notice;
     case: "notice";
+  } | {
+    /**
+     * @generated from field: vlmnode.v1.StreamError error = 3;
+     */
+    value: StreamError;
+    case: "error";
   } | { case: undefined; value?: undefined };
 };
 
@@ -245,6 +251,34 @@ export const AnswerChunkSchema: GenMessage<AnswerChunk> = /*@__PURE__*/
   messageDesc(file_vlmnode_v1_inference, 6);
 
 /**
+ * StreamError is the last message of a stream the node ends with an error,
+ * sent just before that status: a client still writing frames may see its
+ * transport report the end differently, but reads the reason here first.
+ *
+ * @generated from message vlmnode.v1.StreamError
+ */
+export type StreamError = Message<"vlmnode.v1.StreamError"> & {
+  /**
+   * The gRPC status code's name, e.g. "INVALID_ARGUMENT".
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message vlmnode.v1.StreamError.
+ * Use `create(StreamErrorSchema)` to create a new message.
+ */
+export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
+  messageDesc(file_vlmnode_v1_inference, 7);
+
+/**
  * Notice tells the client something that is not an answer, such as frames
  * that arrived before any prompt.
  *
@@ -267,7 +301,7 @@ export type Notice = Message<"vlmnode.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_vlmnode_v1_inference, 7);
+  messageDesc(file_vlmnode_v1_inference, 8);
 
 /**
  * InferenceService answers what the glasses see, as it happens.
