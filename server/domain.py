@@ -281,9 +281,9 @@ class _MultipartItems:
         try:
             size = int(meta["size"])
         except ValueError:
-            raise _Broken(f"item {meta['id']} has a non-numeric size {meta['size']!r}") from None
+            raise _Broken(f"item {shown(meta['id'])} has a non-numeric size {meta['size']!r}") from None
         if size != len(self._data):
-            raise _Broken(f"item {meta['id']} has {len(self._data)} bytes but its size says {size}")
+            raise _Broken(f"item {shown(meta['id'])} has {len(self._data)} bytes but its size says {size}")
         try:
             item = _item_from_meta(
                 {

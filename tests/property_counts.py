@@ -1,15 +1,19 @@
-"""Counts the inputs the property tests try, per target, and reports them.
+"""What the property test modules share: `bounded` settings, and `Counts`
+of the inputs tried, per target.
 
-Each property module keeps one `Counts`; its module-scoped autouse fixture
-prints the module's line after the module (visible with `-s`) and writes it
-to artifacts/property-counts.txt, one line per module, so the file holds the
-latest figures of every property module that ran."""
+Each property module keeps one `Counts` and registers `_report_counts =
+COUNTS.fixture()`, which prints the module's line after the module (visible
+with `-s`) and writes it to artifacts/property-counts.txt, one line per
+module, so the file holds the latest figures of every module that ran."""
 
 from __future__ import annotations
 
 import collections
 import time
 from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ARTIFACT = ARTIFACTS / "property-counts.txt"
@@ -27,6 +31,16 @@ def keep_hypothesis_files_in_artifacts() -> None:
         configuration.set_hypothesis_home_dir(ARTIFACTS / "hypothesis")
 
 
+def bounded(n: int):
+    """Hypothesis settings for `n` examples with no per-example deadline;
+    fixtures are shared across examples on purpose (one server per test)."""
+    return settings(
+        max_examples=n,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
 class Counts:
     def __init__(self, module: str) -> None:
         self.module = module
@@ -35,6 +49,17 @@ class Counts:
 
     def start(self) -> None:
         self.started = time.monotonic()
+
+    def fixture(self):
+        """A module-scoped autouse fixture that reports this module's counts."""
+
+        @pytest.fixture(scope="module", autouse=True)
+        def report_counts():
+            self.start()
+            yield
+            self.report()
+
+        return report_counts
 
     def tried(self, target: str, n: int = 1) -> None:
         self.counts[target] += n

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, event, example, given, note, settings
+from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 from PIL import Image
 from vlmnode.v1 import inference_pb2 as pb
@@ -36,7 +36,7 @@ from server.errors import BadInput, PeerUnavailable
 from server.jobs import JOB_TYPES, MAX_PROMPT_CHARS, JobInput, validate_input, validate_job
 from server.realtime import RealtimeLimits, StreamSettings, stream_settings
 from tests.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
-from tests.property_counts import Counts, keep_hypothesis_files_in_artifacts
+from tests.property_counts import Counts, bounded, keep_hypothesis_files_in_artifacts
 
 keep_hypothesis_files_in_artifacts()
 
@@ -45,19 +45,7 @@ COUNTS = Counts("test_properties")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.*")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report_counts():
-    COUNTS.start()
-    yield
-    COUNTS.report()
-
-
-def bounded(n: int):
-    return settings(
-        max_examples=n,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
+_report_counts = COUNTS.fixture()
 
 
 def one_line(message: object) -> None:

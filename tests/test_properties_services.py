@@ -27,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 import websockets
-from hypothesis import HealthCheck, event, example, given, note, settings
+from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
@@ -41,7 +41,7 @@ from server.images import check_image
 from server.realtime import NO_PROMPT, RealtimeLimits, stream_settings
 from tests.conftest import DOMAIN_ID, running_bridge
 from tests.images import solid_jpeg, solid_png
-from tests.property_counts import Counts, keep_hypothesis_files_in_artifacts
+from tests.property_counts import Counts, bounded, keep_hypothesis_files_in_artifacts
 from tests.test_properties import (
     json_values,
     mostly,
@@ -60,19 +60,7 @@ COUNTS = Counts("test_properties_services")
 STEP = 15.0  # seconds any one exchange may take before it counts as a hang
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report_counts():
-    COUNTS.start()
-    yield
-    COUNTS.report()
-
-
-def bounded(n: int):
-    return settings(
-        max_examples=n,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+_report_counts = COUNTS.fixture()
 
 
 # --------------------------------------------------------------------------- REST
