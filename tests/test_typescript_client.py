@@ -46,6 +46,17 @@ async def test_typescript_client_against_a_real_node(node, worker, posemesh, fak
         await run("npm", "ci", "--no-audit", "--no-fund", timeout=300)
     await run("npm", "run", "build")
     url = f"http://127.0.0.1:{node.port}"
+
+    # The example glasses app streams the fixture folder, one frame per answer.
+    example = ["node", "dist/examples/stream-folder.js", "test/fixtures", "--prompt", "What colour?"]
+    out = await run(*example, "--batch-size", "1", "--url", url, "--token", "t0ken")
+    assert out.splitlines() == [
+        "answer 1: a 64x48 image, mostly blue",
+        "  frames: blue.jpg",
+        "answer 2: a 64x48 image, mostly red",
+        "  frames: red.jpg",
+    ], out
+
     # A second node with TLS and a token, for the security tests.
     secured = NodeServer(dataclasses.replace(
         settings, tls_cert_file=tls_files["cert.pem"], tls_key_file=tls_files["key.pem"], auth_tokens="t0ken"
@@ -63,13 +74,3 @@ async def test_typescript_client_against_a_real_node(node, worker, posemesh, fak
     assert "skipped 0" in out and "fail 0" in out and "pass 0" not in out, out
     # The realtime tests reached the fake Ollama with the two fixture frames.
     assert any(r["images"] == 2 for r in fake_ollama.requests if r.get("images")), out
-
-    # The example glasses app streams the fixture folder, one frame per answer.
-    example = ["node", "dist/examples/stream-folder.js", "test/fixtures", "--prompt", "What colour?"]
-    out = await run(*example, "--batch-size", "1", "--url", url, "--token", "t0ken")
-    assert out.splitlines() == [
-        "answer 1: a 64x48 image, mostly blue",
-        "  frames: blue.jpg",
-        "answer 2: a 64x48 image, mostly red",
-        "  frames: red.jpg",
-    ], out
