@@ -61,6 +61,8 @@ STEP = 15.0  # seconds any one exchange may take before it counts as a hang
 
 
 _report_counts = COUNTS.fixture()
+# Pillow warns about the corrupt tags it meets in random image bytes; expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.*")
 
 
 # --------------------------------------------------------------------------- REST
