@@ -4,7 +4,9 @@ session starts), and a fresh migrated database for every test."""
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -248,9 +250,21 @@ def start_worker(settings, **overrides) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "worker.main"], env=settings_env(settings, **overrides))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def wait_for(predicate, timeout: float = 15.0, every: float = 0.05):
+    """Polls `predicate` (plain or async) until it returns something true."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not (result := await predicate()):
+
+    async def check():
+        result = predicate()
+        return await result if inspect.isawaitable(result) else result
+
+    while not (result := await check()):
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(every)

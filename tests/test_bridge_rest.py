@@ -4,7 +4,6 @@ test's event loop, a gRPC node behind it, httpx in front of it."""
 import asyncio
 import contextlib
 import json
-import socket
 import uuid
 from datetime import datetime
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from server.bridge import rest
-from tests.conftest import DOMAIN_ID, running_bridge
+from tests.conftest import DOMAIN_ID, free_port, running_bridge, wait_for
 
 INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
 JOB_KEYS = ["id", "status", "job_type", "domain_id", "query", "input", "output", "error", "created_at", "updated_at"]
@@ -24,12 +23,6 @@ def create_body(**kw) -> dict:
     body = {"job_type": "task_timing_v1", "query": {"ids": []}, "domain_id": DOMAIN_ID, "input": INPUT}
     body.update(kw)
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager
@@ -338,11 +331,7 @@ async def test_events_ping_and_client_going_away_ends_the_watch(node):
                 seen.append(await asyncio.wait_for(anext(lines), 5))
             assert node.watcher.watching  # the gRPC watch is open
         # The client went away: the bridge cancels its gRPC call, the node stops watching.
-        for _ in range(200):
-            if not node.watcher.watching:
-                break
-            await asyncio.sleep(0.025)
-        assert not node.watcher.watching
+        await wait_for(lambda: not node.watcher.watching, timeout=5)
 
 
 # The API description.

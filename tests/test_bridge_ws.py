@@ -13,7 +13,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from server.grpc_server import NodeServer
-from tests.conftest import running_bridge
+from tests.conftest import running_bridge, wait_for
 from tests.images import solid_jpeg
 
 NO_PROMPT = "No prompt received for image batch"
@@ -146,10 +146,7 @@ async def test_a_client_leaving_cancels_the_model_request(ws_url, fake_ollama):
         await ws.send(solid_jpeg("red"))
         first = json.loads(await ws.recv())
         assert first["done"] is False
-    for _ in range(100):
-        if fake_ollama.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: fake_ollama.cancelled, timeout=2)
     assert fake_ollama.cancelled == 1
 
 

@@ -5,7 +5,6 @@ and a server's SIGTERM lose nothing."""
 import asyncio
 import dataclasses
 import signal
-import socket
 import sys
 import uuid
 
@@ -17,7 +16,7 @@ from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from server.embedded_postgres import EmbeddedPostgres
 from server.store import JobStore
-from tests.conftest import running_worker, settings_env, start_worker, wait_for
+from tests.conftest import free_port, running_worker, settings_env, start_worker, wait_for
 from tests.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
@@ -44,12 +43,6 @@ async def test_a_failing_peer_ends_in_a_failed_job(fault, settings, jobs, fake_o
     assert done.status == jobs_pb2.JOB_STATUS_FAILED
     assert done.attempts == 2, "a transient failure is retried"
     assert done.error.code == code and words in done.error.message, done.error
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 from server.grpc_server import NodeServer
+from tests.conftest import wait_for
 from tests.images import solid_jpeg
 
 pb = inference_pb2
@@ -188,10 +189,7 @@ async def test_cancelling_the_stream_cancels_the_model_request(infer_node, fake_
     first = await call.read()
     assert first.chunk.text and not first.chunk.done
     call.cancel()
-    for _ in range(100):
-        if fake_ollama.cancelled:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for(lambda: fake_ollama.cancelled, timeout=2)
     assert fake_ollama.cancelled == 1 and fake_ollama.in_flight == 0
 
 

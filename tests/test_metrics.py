@@ -2,7 +2,6 @@
 worker's health port."""
 
 import asyncio
-import socket
 import sys
 
 import grpc
@@ -11,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
 
-from tests.conftest import running_bridge, settings_env, wait_for
+from tests.conftest import free_port, running_bridge, settings_env, wait_for
 from tests.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
@@ -83,12 +82,6 @@ async def test_realtime_streams_and_frames(node, fake_ollama):
     assert value(during, "vlmnode_realtime_streams") - value(before, "vlmnode_realtime_streams") == 1
     assert value(after, "vlmnode_frames_received_total") - value(before, "vlmnode_frames_received_total") == 4
     assert value(after, "vlmnode_frames_dropped_total") - value(before, "vlmnode_frames_dropped_total") == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_worker_health_port(settings):
