@@ -4,11 +4,10 @@ else on a private server started for the run."""
 import os
 import uuid
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from server.embedded_postgres import EmbeddedPostgres
+from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
 
 
@@ -22,7 +21,7 @@ async def fresh_store(**pool):
     name = f"vlmnode_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    store = JobStore(urlunsplit(urlsplit(admin)._replace(path="/" + name)), **pool)
+    store = JobStore(with_database(admin, name), **pool)
     await store.open()
     try:
         yield store

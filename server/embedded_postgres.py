@@ -13,11 +13,17 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
 # Durability is not what a throwaway test server is for.
 FAST_SETTINGS = ("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+
+
+def with_database(url: str, dbname: str) -> str:
+    """`url` pointing at another database of the same server."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
 
 
 def _free_port() -> int:

@@ -10,17 +10,12 @@ import socket
 import subprocess
 import sys
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
-from server.embedded_postgres import EmbeddedPostgres
+from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
-
-
-def _with_db(url: str, dbname: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +41,7 @@ def template_db(postgres_url):
         conn.execute(f'CREATE DATABASE "{name}"')
 
     async def migrate():
-        store = JobStore(_with_db(postgres_url, name), max_size=1)
+        store = JobStore(with_database(postgres_url, name), max_size=1)
         await store.open()
         await store.close()
 
@@ -61,7 +56,7 @@ def database_url(postgres_url, template_db):
     name = f"vlmnode_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield _with_db(postgres_url, name)
+    yield with_database(postgres_url, name)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -14,7 +14,7 @@ import pytest
 from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
-from server.embedded_postgres import EmbeddedPostgres
+from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
 from tests.conftest import free_port, running_worker, settings_env, start_worker, wait_for
 from tests.images import solid_jpeg
@@ -53,7 +53,7 @@ def own_postgres():
     name = f"vlmnode_faults_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg, url.rsplit("/", 1)[0] + "/" + name
+    yield pg, with_database(url, name)
     pg.stop()
 
 

@@ -74,7 +74,7 @@ class Worker:
         self.id = worker_name or worker_id()
         self.pipelines = pipelines
         self.job_types = list(pipelines)
-        self.retry = RetryStrategy(max_attempts=self.settings.job_max_attempts, wait=self.settings.job_retry_wait)
+        self.retry = RetryStrategy(wait=self.settings.job_retry_wait)  # delays only: each job has its max_attempts
         self.webhook_retry = RetryStrategy(max_attempts=self.settings.webhook_attempts, wait=1.0, max_wait=30.0)
         self.http = httpx.AsyncClient()
         self.rescuer = JobRescuer(store, interval=max(self.settings.job_lease / 2, 0.05))
