@@ -55,17 +55,26 @@ async def _close(websocket: WebSocket, code: int, message: str) -> None:
 
 
 async def _client_to_node(websocket: WebSocket, call) -> None:
+    """Passes the client's messages on until it leaves. Returns early when the
+    node has ended the call: why is for the reading side to say, since a
+    write racing the end can make grpc report a bare INTERNAL instead."""
     frames = 0
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             call.cancel()
-            return
+            raise WebSocketDisconnect()
         if message.get("bytes") is not None:
             frames += 1
-            await call.write(pb.InferRequest(frame=pb.Frame(id=str(frames), image=message["bytes"])))
+            request = pb.InferRequest(frame=pb.Frame(id=str(frames), image=message["bytes"]))
         elif message.get("text") is not None:
-            await call.write(pb.InferRequest(prompt=pb.Prompt(text=message["text"])))
+            request = pb.InferRequest(prompt=pb.Prompt(text=message["text"]))
+        else:
+            continue
+        try:
+            await call.write(request)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            return
 
 
 async def _node_to_client(websocket: WebSocket, call) -> None:
@@ -108,6 +117,8 @@ async def realtime(websocket: WebSocket) -> None:
         done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
+        if outbound not in done:  # the node ended the call while the client wrote: hear its reason
+            await outbound
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.CANCELLED:
             await _close(websocket, CLOSE_CODES.get(exc.code(), 1011), exc.details() or exc.code().name)
