@@ -2,6 +2,9 @@
 (the job watcher, the health monitor, the job rescuer)."""
 
 import asyncio
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class BackgroundDuty:
@@ -17,6 +20,10 @@ class BackgroundDuty:
         self._task = asyncio.create_task(self.run(), name=self.name)
 
     async def stop(self) -> None:
-        if self._task:
+        # On Python 3.11 a library's asyncio.wait_for can swallow a cancel
+        # that lands as its inner call completes; cancel until the task ends.
+        while self._task and not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=1)
+        if self._task and not self._task.cancelled() and (exc := self._task.exception()):
+            log.error("%s had stopped on an error: %r", self.name, exc)

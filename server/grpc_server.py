@@ -71,7 +71,8 @@ class NodeServer:
         await self.store.open()
         self.watcher.start()
         # A watch opened before the LISTEN would miss the first changes.
-        await asyncio.wait_for(self.watcher.listening.wait(), 30)
+        async with asyncio.timeout(30):
+            await self.watcher.listening.wait()
         if self.domain is None:
             log.warning("posemesh is not configured (API_URL, DDS_URL, POSEMESH_EMAIL, POSEMESH_PASSWORD): jobs are refused")
         jobs_pb2_grpc.add_JobServiceServicer_to_server(

@@ -33,7 +33,8 @@ class HealthMonitor(BackgroundDuty):
     async def check_once(self) -> None:
         for service, probe in self.checks.items():
             try:
-                await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+                async with asyncio.timeout(CHECK_TIMEOUT):
+                    await probe()
                 status = SERVING
             except Exception as exc:  # any failure means not ready; say why once
                 status = NOT_SERVING

@@ -26,8 +26,9 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
 
     async def _next(self, requests: AsyncIterator) -> inference_pb2.InferRequest | None:
         try:
-            return await asyncio.wait_for(anext(requests, None), self.limits.idle_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.limits.idle_timeout):
+                return await anext(requests, None)
+        except TimeoutError:
             raise TimedOut(f"no message for {self.limits.idle_timeout:g} s; closing the stream") from None
 
     @translate_errors

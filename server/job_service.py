@@ -1,6 +1,7 @@
 """gRPC JobService backed by the job store."""
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -163,7 +164,6 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     yield jobs_pb2.WatchJobResponse(job=job_to_proto(row))
                 if row["status"] in FINAL_STATUSES:
                     return
-                try:
-                    await asyncio.wait_for(changed.wait(), WATCH_RECHECK)
-                except asyncio.TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(WATCH_RECHECK):
+                        await changed.wait()

@@ -28,7 +28,8 @@ async def metrics_endpoint(request: Request) -> Response:
 def ops_app(health: HealthCheck) -> Starlette:
     async def health_endpoint(request: Request) -> JSONResponse:
         try:
-            return JSONResponse({"status": "ok", **await asyncio.wait_for(health(), 5)})
+            async with asyncio.timeout(5):
+                return JSONResponse({"status": "ok", **await health()})
         except Exception as exc:  # any failure is "not healthy", said in words
             return JSONResponse({"status": "unhealthy", "error": str(exc) or type(exc).__name__}, 503)
 

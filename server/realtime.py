@@ -161,8 +161,9 @@ class Session:
                 continue
             if self._closed:
                 return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._quiet_left())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._quiet_left()):
+                    await self._changed.wait()
 
     def _quiet_left(self) -> float | None:
         if not self.queued or self.settings.flush_after is None:

@@ -2,6 +2,7 @@
 records how each attempt ended."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -147,10 +148,9 @@ class Worker:
                 timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.01))
         except (psycopg.Error, psycopg_pool.PoolTimeout):
             pass
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
 
     async def _listen(self) -> None:
         async for _ in self.store.listen(JOBS_READY_CHANNEL):
