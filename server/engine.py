@@ -1,4 +1,5 @@
-"""The one module that talks to Ollama (through the `ollama` client's AsyncClient).
+"""The one module that talks to Ollama (through the `ollama` client's AsyncClient,
+its requests carried by aiohttp: see `_reason` for what that means for errors).
 
 Every failure leaves as a NodeError that names Ollama and its host:
 - Ollama down, slow (no progress within `timeout`) or answering 5xx: PeerUnavailable
@@ -17,7 +18,9 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
+import aiohttp
 import httpx
+import httpx_aiohttp
 import ollama
 
 from server import metrics
@@ -25,6 +28,7 @@ from server.errors import NodeError, PeerRefused, PeerUnavailable
 
 DEFAULT_TIMEOUT = 120.0  # seconds; per network step (connect, each read), not per whole answer
 DEFAULT_CONCURRENCY = 4  # requests to Ollama at once
+SPARE_CONNECTIONS = 4  # beyond the slots: for probes and pulls, which take no slot
 
 
 def _full_name(model: str) -> str:
@@ -58,7 +62,11 @@ class OllamaEngine:
         self.vlm_model = vlm_model
         self.llm_model = llm_model
         self.timeout = timeout
-        self._client = ollama.AsyncClient(host=host, timeout=timeout)
+        # aiohttp keeps a connection alive for every slot (httpx kept 20 and
+        # opened and closed the rest with every answer); requests still go
+        # through the ollama client and httpx's timeouts.
+        transport = httpx_aiohttp.AiohttpTransport(limits=httpx.Limits(max_connections=max_concurrency + SPARE_CONNECTIONS))
+        self._client = ollama.AsyncClient(host=host, timeout=timeout, transport=transport)
         self._slots = asyncio.Semaphore(max_concurrency)
 
     async def __aenter__(self) -> "OllamaEngine":
@@ -189,17 +197,20 @@ class OllamaEngine:
             raise self._bad_answer(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
     def _reason(self, exc: BaseException) -> str:
-        for e in _causes(exc):
-            if isinstance(e, ConnectionRefusedError):
-                return "connection refused"
-            if isinstance(e, socket.gaierror):
-                return "unknown host"
-            if isinstance(e, httpx.ConnectTimeout):
-                return f"no connection within {self.timeout:g} s"
-            if isinstance(e, httpx.TimeoutException):
-                return f"no answer within {self.timeout:g} s"
-            if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError)):
-                return "the connection was closed mid-answer"
+        # Judged by the root causes: the transport's mapping of aiohttp's
+        # errors to httpx's is coarse (a refused connection becomes a
+        # ConnectTimeout), so the most telling cause in the chain wins.
+        causes = list(_causes(exc))
+        for types, reason in (
+            ((ConnectionRefusedError,), "connection refused"),
+            ((socket.gaierror, aiohttp.ClientConnectorDNSError), "unknown host"),
+            ((aiohttp.ConnectionTimeoutError,), f"no connection within {self.timeout:g} s"),
+            ((aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError), "the connection was closed mid-answer"),
+            ((ConnectionResetError,), "the connection was reset"),
+            ((TimeoutError,), f"no answer within {self.timeout:g} s"),
+        ):
+            if any(isinstance(e, types) for e in causes):
+                return reason
         return str(exc) or type(exc).__name__
 
     def _model_missing(self, model: str) -> PeerRefused:

@@ -186,6 +186,24 @@ async def test_cancelling_the_consumer_stops_the_request():
             assert [c async for c in engine.stream("x", options={"num_predict": 1})][-1][1] is True
 
 
+async def test_an_answer_cut_short_is_unavailable(engine, fake):
+    fake.mode = "cut"
+    with pytest.raises(PeerUnavailable) as failed:
+        async for _ in engine.stream("x", [solid_jpeg("red")]):
+            pass
+    assert failed.value.message == f"Ollama is not reachable at {fake.url}: the connection was closed mid-answer"
+    fake.mode = "ok"
+    assert await engine.caption(solid_jpeg("red"), "x") == "a 64x48 image, mostly red"
+
+
+async def test_unknown_host_is_said():
+    url = "http://no-such-host.invalid:11434"
+    async with OllamaEngine(url, vlm_model=VLM, llm_model=LLM) as engine:
+        with pytest.raises(PeerUnavailable) as failed:
+            await engine.version()
+    assert failed.value.message == f"Ollama is not reachable at {url}: unknown host"
+
+
 async def test_hanging_ollama_times_out():
     with FakeOllama() as fake:
         fake.mode = "hang"

@@ -109,7 +109,7 @@ class _NDJSON(StreamingResponse):
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, parts: list[dict], delay: float, on_end=None):
+    def __init__(self, parts: list[dict], delay: float, on_end=None, cut: bool = False):
         self.sent = 0
         self.total = len(parts)
         self.on_end = on_end
@@ -118,6 +118,8 @@ class _NDJSON(StreamingResponse):
             for i, part in enumerate(parts):
                 if i and delay:
                     await asyncio.sleep(delay)
+                if i and cut:  # the server drops the connection mid-body
+                    raise ConnectionAbortedError("fake Ollama cut the answer")
                 yield json.dumps(part) + "\n"
                 self.sent = i + 1
 
@@ -135,7 +137,8 @@ class FakeOllama(Peer):
     """Options: `models` known at start; `latency` (s) before each generate/chat answer; `token_delay`
     (s) between streamed chunks; `fail_rate` of generate/chat answered HTTP 500 (seeded by `seed`);
     `pullable` models (None: any). `mode`, settable at any time: "ok", "error" (500 on everything),
-    "garbage" (200, not JSON), "hang" (no answer until stop or another mode).
+    "garbage" (200, not JSON), "hang" (no answer until stop or another mode), "cut" (a streamed
+    answer's connection dropped after its first chunk).
     Records: `requests`, `cancelled` streams, `in_flight` and `max_in_flight` generate/chat."""
 
     def __init__(self, models=DEFAULT_MODELS, *, latency: float = 0.0, token_delay: float = 0.0,
@@ -241,7 +244,7 @@ class FakeOllama(Peer):
             parts = [self._part(model, messages, t) | {"done": False} for t in tokens]
             parts.append(self._part(model, messages, "") | final)
             handed_over = True
-            return _NDJSON(parts, self.token_delay, on_end=self._stream_ended)
+            return _NDJSON(parts, self.token_delay, on_end=self._stream_ended, cut=self.mode == "cut")
         finally:
             if not handed_over:
                 self.in_flight -= 1
