@@ -17,6 +17,7 @@ from typing import AsyncIterator
 from vlmnode.v1 import inference_pb2
 
 from server import metrics
+from server.coalesce import coalesced
 from server.engine import OllamaEngine
 from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, shown
 from server.images import check_image, prepare_image
@@ -207,7 +208,7 @@ class Session:
             return
         self.answers_sent += 1
         answer_id = self.answers_sent
-        stream = self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options)
+        stream = coalesced(self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options))
         try:
             async with contextlib.aclosing(stream) as chunks:
                 async for text, done in chunks:

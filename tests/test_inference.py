@@ -82,6 +82,7 @@ async def test_a_full_batch_is_answered(infer_node, fake_ollama):
 
 
 async def test_answers_stream_in_chunks(infer_node, fake_ollama):
+    fake_ollama.token_delay = 0.02  # a token at a time, as a model writes them
     stub = await infer_node()
     call = stub.Infer()
     await call.write(config(prompt="What colour?", batch_size=1))
