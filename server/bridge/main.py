@@ -19,6 +19,8 @@ def uvicorn_options(settings: Settings) -> dict:
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=2 * settings.ws_ping_interval,  # no pong for this long: the client is gone
         ws_max_size=settings.realtime_max_frame_bytes + WS_OVERHEAD,
+        # Frames are JPEG and answers a few words: deflate would only spend CPU on both ends.
+        ws_per_message_deflate=False,
         log_level=settings.log_level.lower(),
         access_log=False,
     )
