@@ -151,7 +151,7 @@ async def main() -> None:
         async with node_beside_fake_ollama(store.url, args.streams, token_delay=0) as runs:
             for run in runs.values():  # warm up code paths
                 await run(image, 5)
-            print("\nfake Ollama answering at once (7 chunks): every process competes for the 2 cores")
+            print("\nfake Ollama answering at once (6 parts an answer): every process competes for the 2 cores")
             one = {name: await measure(run, image, 1, args.answers) for name, run in runs.items()}
             report("1 stream", one.pop("direct"), one, "added p50 <= 2 ms, p99 <= 10 ms")
             many = {name: await measure(run, image, args.streams, args.per_stream) for name, run in runs.items()}
