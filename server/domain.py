@@ -401,21 +401,17 @@ class DomainClient:
 
     async def list_items(self, domain_id: str, query: Mapping[str, Any] | DomainQuery) -> list[DataItem]:
         """Metadata only (Accept: application/json), all batches, de-duplicated by id."""
-        domain_id = validate_domain_id(domain_id)
-        q = validate_query(query)
-        out: dict[str, DataItem] = {}
-        for params in q.batches():
-            for item in await self._request_items(domain_id, params, multipart=False):
-                out.setdefault(item.id, item)
-        return list(out.values())
+        return await self._items(domain_id, query, multipart=False)
 
     async def download(self, domain_id: str, query: Mapping[str, Any] | DomainQuery) -> list[DataItem]:
         """Items with their bytes (Accept: multipart/form-data), all batches, de-duplicated by id."""
+        return await self._items(domain_id, query, multipart=True)
+
+    async def _items(self, domain_id: str, query: Mapping[str, Any] | DomainQuery, *, multipart: bool) -> list[DataItem]:
         domain_id = validate_domain_id(domain_id)
-        q = validate_query(query)
         out: dict[str, DataItem] = {}
-        for params in q.batches():
-            for item in await self._request_items(domain_id, params, multipart=True):
+        for params in validate_query(query).batches():
+            for item in await self._request_items(domain_id, params, multipart=multipart):
                 out.setdefault(item.id, item)
         return list(out.values())
 
