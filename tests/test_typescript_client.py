@@ -46,6 +46,9 @@ async def test_typescript_client_against_a_real_node(node, worker, posemesh, fak
         await run("npm", "ci", "--no-audit", "--no-fund", timeout=300)
     await run("npm", "run", "build")
     url = f"http://127.0.0.1:{node.port}"
+    # A token at a time, as a model writes them: the node merges text that
+    # arrives while it is still sending, so an answer given at once may be one chunk.
+    fake_ollama.token_delay = 0.01
 
     # The example glasses app streams the fixture folder, one frame per answer.
     example = ["node", "dist/examples/stream-folder.js", "test/fixtures", "--prompt", "What colour?"]
