@@ -51,7 +51,7 @@ async def test_task_timing_finds_start_and_end(jobs, worker, webhook, posemesh, 
     assert len(llm_calls) == 1 and llm_calls[0]["model"] == "llama3:latest"
     assert sum(1 for r in fake_ollama.requests if r.get("images")) == 6
     # Delivered once, signed.
-    [delivery] = webhook.wait_for(1)
+    [delivery] = await asyncio.to_thread(webhook.wait_for, 1)  # the worker runs in this loop: do not block it
     assert delivery.json["job_id"] == job.id and delivery.json["error"] is None
     assert delivery.json["data"]["task"] == task
     assert delivery.headers["idempotency-key"] == job.id
@@ -103,7 +103,7 @@ async def test_ollama_down_retries_then_fails(jobs, worker, fake_ollama, webhook
     assert done.status == jobs_pb2.JOB_STATUS_FAILED
     assert done.attempts == 3
     assert done.error.code == "peer_unavailable" and "Ollama" in done.error.message
-    [delivery] = webhook.wait_for(1)
+    [delivery] = await asyncio.to_thread(webhook.wait_for, 1)  # the worker runs in this loop: do not block it
     assert delivery.json["data"] is None and delivery.json["error"]["code"] == "peer_unavailable"
 
 
