@@ -67,7 +67,7 @@ def check_error(response: httpx.Response, status: int, match: str) -> None:
     body = response.json()
     assert list(body) == ["error"] and isinstance(body["error"], str)
     assert match.lower() in body["error"].lower(), body["error"]
-    assert "\n" not in body["error"] and "Traceback" not in body["error"]
+    assert len(body["error"].splitlines()) == 1 and "Traceback" not in body["error"], body["error"]
 
 
 async def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
@@ -238,6 +238,8 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": "x"}), 400, "input must be an object"),
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": {"prompt": "x"}}), 400, "vlm_prompt"),
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "id": "x"}), 400, "unknown field"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": {"\x1e": 2**60}}), 400,
+         "input.'\\x1e' is a number out of range"),
         (finished["id"], dict(content=huge), 413, "larger than"),
     ]
     for job_id, kwargs, status, match in retry_cases:

@@ -210,7 +210,7 @@ def _check_value(value: Any, path: str, depth: int) -> None:
         raise BadRequest(f"{path} is nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, dict):
         for key, item in value.items():
-            _check_value(item, f"{path}.{key}", depth + 1)
+            _check_value(item, f"{path}.{shown(key)}", depth + 1)  # a caller's key: may hold a line break
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_value(item, f"{path}[{i}]", depth + 1)
