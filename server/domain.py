@@ -7,13 +7,18 @@ Wire contract: docs/posemesh-domain-data.md. Three servers, three tokens:
     domain server       serves the data with the domain token
 
 Tokens are JWTs; we read their integer `exp` (never the signature) and reuse a
-token while it has more than `token_margin` seconds left. The user token is
-refreshed with the refresh token before falling back to a full login; the DDS
-answer is cached per domain. One asyncio.Lock guards all token state, so
-concurrent callers wait for a single login/grant instead of racing. A 401 from
-a server is retried once with a fresh token from the layer above; a refused
-login is remembered for `login_cooldown` seconds so callers fail fast instead
-of hammering the API.
+token while it has more than `token_margin` seconds left (60 s, as the real
+client), or for the first half of its life when it lives less than twice that.
+The user token is refreshed with the refresh token before falling back to a
+full login; the DDS answer is cached per domain. One asyncio.Lock guards all
+token state, so concurrent callers wait for a single login/grant instead of
+racing. A refused token (401, or 403 from the domain server) is retried once
+with a fresh token from the layer above; a refused login is remembered for
+`login_cooldown` seconds so callers fail fast instead of hammering the API.
+
+Reading a domain: `list_items` (metadata only), then `is_image` / `images_only`,
+then `download_ids` for the bytes of exactly the items wanted, so sensor logs,
+scans and manifests beside the photos are never downloaded.
 
 Errors: transport errors, timeouts, 408/429/5xx and broken bodies raise
 PeerUnavailable (transient) naming the server; definite refusals raise
@@ -28,14 +33,14 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from python_multipart.multipart import parse_options_header
 
 from server.errors import BadInput, PeerRefused, PeerUnavailable, shown
 
@@ -46,8 +51,10 @@ __all__ = [
     "DataItem",
     "DomainClient",
     "DomainQuery",
+    "TOKEN_MARGIN",
     "capture_time",
     "images_only",
+    "is_image",
     "validate_domain_id",
     "validate_query",
 ]
@@ -58,10 +65,16 @@ MAX_FILTER_LEN = 256
 FORBIDDEN_CHARS = frozenset(';!?<>[]{}()/\\"$#@*^&|~%=+')
 IMAGE_TYPES = frozenset({"jpg", "jpeg", "png"})
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024
+TOKEN_MARGIN = 60.0  # seconds before exp a token is renewed (REFRESH_CACHE_TIME in posemesh's auth.rs)
+MAX_PREAMBLE_BYTES = 16 * 1024  # what a multipart body may hold before its first boundary
+MAX_EPILOGUE_BYTES = 16 * 1024  # read after the closing delimiter, so the connection can be reused
+MAX_PART_HEADER_BYTES = 16 * 1024  # one part's header block; real ones are about 400 bytes
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _STAMP_RE = re.compile(r"(?<!\d)(\d{8})_(\d{6})(?!\d)")
 _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
+_SIZE_RE = re.compile(r"[0-9]{1,20}")  # a u64, as the real client parses it
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 API = "posemesh Auki API"
 DDS = "posemesh DDS"
@@ -150,26 +163,39 @@ def validate_query(query: Any) -> DomainQuery:
     if "ids" not in query:
         raise BadInput("query.ids is required (use [] for all data in the domain)")
     ids = query["ids"]
-    if not isinstance(ids, list | tuple):
-        raise BadInput(f"query.ids must be a list of strings, got {type(ids).__name__}")
-    if len(ids) > MAX_IDS:
+    if isinstance(ids, list | tuple) and len(ids) > MAX_IDS:
         raise BadInput(f"query.ids has {len(ids)} entries (max {MAX_IDS})")
-    seen: dict[str, None] = {}
-    for n, item_id in enumerate(ids):
-        if not isinstance(item_id, str):
-            raise BadInput(f"query.ids[{n}] must be a string, got {type(item_id).__name__}")
-        if not _UUID_RE.fullmatch(item_id):
-            raise BadInput(f"query.ids[{n}] is not a UUID: {item_id[:64]!r}")
-        seen.setdefault(item_id.lower(), None)
     return DomainQuery(
-        ids=tuple(seen),
+        ids=_check_ids(ids, "query.ids"),
         name=_check_filter("name", query.get("name")),
         data_type=_check_filter("data_type", query.get("data_type")),
     )
 
 
+def _check_ids(ids: Any, what: str) -> tuple[str, ...]:
+    """UUIDs, lower-cased, duplicates dropped, first-seen order kept; raise BadInput."""
+    if not isinstance(ids, list | tuple):
+        raise BadInput(f"{what} must be a list of strings, got {type(ids).__name__}")
+    seen: dict[str, None] = {}
+    for n, item_id in enumerate(ids):
+        if not isinstance(item_id, str):
+            raise BadInput(f"{what}[{n}] must be a string, got {type(item_id).__name__}")
+        if not _UUID_RE.fullmatch(item_id):
+            raise BadInput(f"{what}[{n}] is not a UUID: {item_id[:64]!r}")
+        seen.setdefault(item_id.lower(), None)
+    return tuple(seen)
+
+
+def is_image(item: DataItem) -> bool:
+    """The original node's rule: it wrote each item to `{name}_{id}.{data_type}` and took as an image
+    every file whose lower-cased name contains .jpg, .jpeg or .png (aukilabs/vlm-node: server/src/domain.rs
+    download_for_job, worker/vlm.py find_images). So `photo.png` stored as `refined_scan_zip` counts too."""
+    file_name = f"{item.name}_{item.id}.{item.data_type}".lower()
+    return any(ext in file_name for ext in _IMAGE_EXTENSIONS)
+
+
 def images_only(items: Iterable[DataItem]) -> list[DataItem]:
-    return [i for i in items if i.data_type.lower().lstrip(".") in IMAGE_TYPES]
+    return [i for i in items if is_image(i)]
 
 
 def _utc(dt: datetime) -> datetime:
@@ -210,11 +236,14 @@ def _parse_time(value: Any, what: str) -> datetime:
 def _item_from_meta(meta: Mapping[str, Any], domain_id: str, data: bytes | None = None) -> DataItem:
     try:
         item_id = str(meta["id"])
-        size = int(meta["size"])
+        size = meta["size"]
         name = str(meta["name"])
         data_type = str(meta["data_type"])
     except (KeyError, TypeError, ValueError) as e:
         raise PeerUnavailable(f"{DOMAIN} sent incomplete item metadata: missing or bad {e}") from None
+    # A whole number of bytes (u64 in the real client): callers skip large items by this size unseen.
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise PeerUnavailable(f"{DOMAIN} sent item {shown(item_id)} with a bad size {shown(str(size))[:64]}")
     return DataItem(
         id=item_id,
         domain_id=str(meta.get("domain_id") or domain_id),
@@ -232,60 +261,162 @@ def _item_from_meta(meta: Mapping[str, Any], domain_id: str, data: bytes | None 
 # --------------------------------------------------------------------------- #
 
 
-class _MultipartItems:
-    """Streaming multipart/form-data parser (python-multipart) producing DataItems."""
+class _MultipartReader:
+    """The items of a multipart/form-data answer, each part framed by its `size` parameter.
+
+    Why not python-multipart (used before): it wants CRLF line ends and the closing delimiter, and
+    the real domain server need not send either: the real client reads LF-only bodies and bodies that
+    stop after their last part, taking `size` bytes after each part's headers (aukilabs/posemesh:
+    core/domain-http/src/domain_data.rs, handle_domain_data_stream, find_headers_end). aiohttp's
+    reader wants them too. So this reads what the real client reads, and is stricter where the real
+    one loses data without a word: what follows a part's bytes must be a line end and a boundary, or
+    the end of the body, and a body that stops inside a part is an error.
+
+        [preamble] --B EOL headers EOL EOL <size bytes> (EOL --B EOL headers ...)* [EOL --B-- epilogue]
+
+    EOL is CRLF or LF. It holds the current item and at most one header block besides.
+    """
 
     def __init__(self, boundary: bytes, domain_id: str, max_item_bytes: int) -> None:
         self.items: list[DataItem] = []
+        self._delimiter = b"--" + boundary
         self._domain_id = domain_id
         self._max = max_item_bytes
-        self._headers: dict[str, str] = {}
-        self._field = bytearray()
-        self._value = bytearray()
-        self._data = bytearray()
-        self._error: str | None = None
-        self._parser = MultipartParser(
-            boundary,
-            {
-                "on_part_begin": self._on_part_begin,
-                "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
-                "on_header_end": self._on_header_end,
-                "on_part_data": self._on_part_data,
-                "on_part_end": self._on_part_end,
-            },
-        )
-
-    def _on_part_begin(self) -> None:
-        self._headers = {}
+        self._buf = bytearray()
+        self._state = "preamble"  # preamble, boundary, headers, data, after_data, done
+        self._scan = 0  # in headers: where to look for the next line end
+        self._item: DataItem | None = None  # the part being read, its bytes in _data
         self._data = bytearray()
 
-    def _on_header_end(self) -> None:
-        # Header bytes are UTF-8 on the wire; keep them as latin-1 text so the
-        # parameter parser round-trips every byte, and decode values later.
-        self._headers[bytes(self._field).decode("latin-1").strip().lower()] = bytes(self._value).decode("latin-1")
-        self._field.clear()
-        self._value.clear()
+    @property
+    def done(self) -> bool:
+        """The closing delimiter was read: anything after it is epilogue."""
+        return self._state == "done"
 
-    def _on_part_data(self, d: bytes, s: int, e: int) -> None:
-        self._data.extend(d[s:e])
-        if len(self._data) > self._max:
-            raise _Broken(f"an item is larger than {self._max} bytes")
+    def write(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        self._buf += chunk
+        while self._step():
+            pass
 
-    def _on_part_end(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+    def finish(self) -> list[DataItem]:
+        rest = bytes(self._buf)
+        if self._state == "done":
+            return self.items
+        if self._state == "preamble" and not rest.strip():
+            return self.items  # an empty answer: no data
+        if self._state == "after_data" and rest in (b"", b"\r", b"\n", b"\r\n"):
+            return self.items  # stopped after its last part, without the closing delimiter
+        if self._state == "preamble":
+            raise _Broken("the body has no boundary line")
+        if self._state == "data":
+            assert self._item is not None
+            raise _Broken(
+                f"item {shown(self._item.id)} ends after {len(self._data)} of its {self._item.size} bytes (truncated)"
+            )
+        raise _Broken("the body ended inside a boundary or a part's headers (truncated)")
+
+    def _step(self) -> bool:
+        """Read what the buffer holds for the current state; False when more bytes are needed."""
+        buf = self._buf
+        if self._state == "preamble":
+            at = buf.find(self._delimiter)
+            if at < 0:
+                if len(buf) > MAX_PREAMBLE_BYTES:
+                    raise _Broken(f"no boundary in the first {MAX_PREAMBLE_BYTES} bytes")
+                return False
+            del buf[: at + len(self._delimiter)]
+            self._state = "boundary"
+            return True
+
+        if self._state == "boundary":  # just after --B: "--" closes the body, a line end opens a part
+            if buf[:2] == b"--":
+                self._state = "done"
+                buf.clear()
+                return False
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > 256:
+                    raise _Broken("a boundary line is too long")
+                return False
+            if buf[:end].rstrip(b"\r").strip(b" \t"):  # RFC 2046 allows trailing blanks, nothing else
+                raise _Broken(f"a boundary line has more after the boundary: {bytes(buf[:end])[:40]!r}")
+            del buf[: end + 1]
+            self._state = "headers"
+            self._scan = 0
+            return True
+
+        if self._state == "headers":
+            while True:
+                end = buf.find(b"\n", self._scan)
+                if end < 0:
+                    if len(buf) > MAX_PART_HEADER_BYTES:
+                        raise _Broken(f"a part's headers are longer than {MAX_PART_HEADER_BYTES} bytes")
+                    return False
+                line = buf[self._scan : end]
+                self._scan = end + 1
+                if line in (b"", b"\r"):  # the blank line after the headers
+                    break
+            block = bytes(buf[: self._scan])
+            del buf[: self._scan]
+            self._item = self._part_item(block)
+            self._data = bytearray()
+            self._state = "data"
+            return True
+
+        if self._state == "data":
+            assert self._item is not None
+            take = min(self._item.size - len(self._data), len(buf))
+            self._data += buf[:take]
+            del buf[:take]
+            if len(self._data) < self._item.size:
+                return False
+            self.items.append(replace(self._item, data=bytes(self._data)))
+            self._data = bytearray()
+            self._state = "after_data"
+            return True
+
+        if self._state == "after_data":  # a line end and the next boundary, or the end of the body
+            waiting = False
+            for eol in (b"\r\n", b"\n"):
+                expected = eol + self._delimiter
+                if buf.startswith(expected):
+                    del buf[: len(expected)]
+                    self._state = "boundary"
+                    return True
+                waiting = waiting or expected.startswith(buf)
+            if waiting:
+                return False
+            assert self._item is not None
+            raise _Broken(
+                f"item {shown(self._item.id)} is not followed by a boundary: its size {self._item.size} is wrong"
+            )
+        return False
+
+    def _part_item(self, block: bytes) -> DataItem:
+        """The item a part's header block describes, its data still to come."""
+        headers: dict[str, str] = {}
+        for line in block.split(b"\n"):
+            key, colon, value = line.rstrip(b"\r").partition(b":")
+            if colon:
+                # Header bytes are UTF-8 on the wire; keep them as latin-1 text so the
+                # parameter parser round-trips every byte, and decode values later.
+                headers[key.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+        if "content-disposition" not in headers:
+            raise _Broken("a part has no Content-Disposition")
+        _, params = parse_options_header(headers["content-disposition"])
         meta = {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in params.items()}
         for key in ("id", "name", "data-type", "size"):
             if key not in meta:
                 raise _Broken(f"a part has no {key!r} in its Content-Disposition")
+        if not _SIZE_RE.fullmatch(meta["size"]):
+            raise _Broken(f"item {shown(meta['id'])} has a bad size {meta['size'][:40]!r}")
+        size = int(meta["size"])
+        if size > self._max:  # refused before its first byte is read
+            raise _Broken(f"item {shown(meta['id'])} is larger than {self._max} bytes ({size})")
         try:
-            size = int(meta["size"])
-        except ValueError:
-            raise _Broken(f"item {shown(meta['id'])} has a non-numeric size {meta['size']!r}") from None
-        if size != len(self._data):
-            raise _Broken(f"item {shown(meta['id'])} has {len(self._data)} bytes but its size says {size}")
-        try:
-            item = _item_from_meta(
+            return _item_from_meta(
                 {
                     "id": meta["id"],
                     "domain_id": meta.get("domain-id"),
@@ -296,26 +427,9 @@ class _MultipartItems:
                     "updated_at": meta.get("updated-at"),
                 },
                 self._domain_id,
-                bytes(self._data),
             )
         except PeerUnavailable as e:
             raise _Broken(e.message) from None
-        self.items.append(item)
-        self._data = bytearray()
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            self._parser.write(chunk)
-        except _Broken:
-            raise
-        except Exception as e:  # python-multipart's MultipartParseError and friends
-            raise _Broken(str(e) or type(e).__name__) from None
-
-    def finish(self) -> list[DataItem]:
-        self._parser.finalize()
-        if self._parser.state != MultipartState.END:
-            raise _Broken("the body ended before the closing boundary (truncated)")
-        return self.items
 
 
 class _Broken(Exception):
@@ -340,6 +454,7 @@ def _jwt_exp(token: Any, server: str) -> float:
 class _Token:
     value: str
     exp: float
+    renew_at: float  # from then on a new one is fetched before the next use
 
 
 @dataclass
@@ -364,7 +479,7 @@ class DomainClient:
         password: str,
         timeout: float = 30.0,
         http: httpx.AsyncClient | None = None,
-        token_margin: float = 5.0,
+        token_margin: float = TOKEN_MARGIN,
         login_cooldown: float = 30.0,
         max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
     ) -> None:
@@ -403,8 +518,26 @@ class DomainClient:
         """Metadata only (Accept: application/json), all batches, de-duplicated by id."""
         return await self._items(domain_id, query, multipart=False)
 
+    async def download_ids(self, domain_id: str, ids: Sequence[str]) -> list[DataItem]:
+        """Exactly these items with their bytes, in the order asked, BATCH_SIZE ids a request.
+
+        An id the server no longer returns (deleted since it was listed) is absent from the result,
+        and so is anything it returns that was not asked for. No ids, no request: an empty `ids` on
+        the wire means all data in the domain."""
+        domain_id = validate_domain_id(domain_id)
+        if isinstance(ids, str | bytes):
+            raise BadInput("ids must be a list of item ids, not one string")
+        wanted = _check_ids(list(ids), "ids")
+        found: dict[str, DataItem] = {}
+        for start in range(0, len(wanted), BATCH_SIZE):
+            batch = wanted[start : start + BATCH_SIZE]
+            for item in await self._request_items(domain_id, {"ids": ",".join(batch)}, multipart=True):
+                if item.id.lower() in batch:
+                    found.setdefault(item.id.lower(), item)
+        return [found[i] for i in wanted if i in found]
+
     async def download(self, domain_id: str, query: Mapping[str, Any] | DomainQuery) -> list[DataItem]:
-        """Items with their bytes (Accept: multipart/form-data), all batches, de-duplicated by id."""
+        """Every item the query matches with its bytes, non-images too; prefer list_items + download_ids."""
         return await self._items(domain_id, query, multipart=True)
 
     async def _items(self, domain_id: str, query: Mapping[str, Any] | DomainQuery, *, multipart: bool) -> list[DataItem]:
@@ -418,21 +551,22 @@ class DomainClient:
     # ------------------------------------------------------------ domain server
 
     async def _request_items(self, domain_id: str, params: dict[str, str], *, multipart: bool) -> list[DataItem]:
+        query = _query_string(params)
         stale: str | None = None
         for attempt in (1, 2):
             grant = await self._grant(domain_id, stale=stale)
-            url = f"{grant.url}/api/v1/domains/{quote(domain_id)}/data"
+            url = f"{grant.url}/api/v1/domains/{quote(domain_id)}/data" + (f"?{query}" if query else "")
             headers = {
                 "Authorization": f"Bearer {grant.token.value}",
                 "Accept": "multipart/form-data" if multipart else "application/json",
                 "posemesh-client-id": self._client_id,
             }
             try:
-                async with self._http.stream(
-                    "GET", url, params=params, headers=headers, timeout=self._timeout
-                ) as resp:
-                    if resp.status_code == 401 and attempt == 1:
-                        await resp.aread()
+                async with self._http.stream("GET", url, headers=headers, timeout=self._timeout) as resp:
+                    # The real domain server refuses an expired or bad domain token with 403 "invalid
+                    # domain access token" (aukilabs/posemesh: bindings/javascript/tests/basic.test.ts).
+                    if resp.status_code in (401, 403) and attempt == 1:
+                        await _short_body(resp)
                         stale = grant.token.value
                         continue
                     if resp.status_code != 200:
@@ -450,19 +584,25 @@ class DomainClient:
     async def _read_multipart(self, resp: httpx.Response, domain_id: str) -> list[DataItem]:
         ctype, params = parse_options_header(resp.headers.get("content-type", ""))
         boundary = params.get(b"boundary")
-        if ctype != b"multipart/form-data" or not boundary:
-            await resp.aread()
-            raise PeerUnavailable(
-                f"domain server sent a broken multipart body: content type {resp.headers.get('content-type')!r}"
-            )
-        parser = _MultipartItems(boundary, domain_id, self._max_item_bytes)
+        parser = None
+        if ctype == b"multipart/form-data" and boundary:
+            parser = _MultipartReader(boundary, domain_id, self._max_item_bytes)
+        epilogue = 0
         try:
             try:
                 async for chunk in resp.aiter_bytes():
+                    if parser is None:
+                        if chunk:  # an empty answer says "no data" whatever its type; this one has bytes
+                            raise _Broken(f"content type {resp.headers.get('content-type')!r}")
+                        continue
                     parser.write(chunk)
+                    if parser.done:  # the rest is epilogue, ignored; a long one is left unread
+                        epilogue += len(chunk)
+                        if epilogue > MAX_EPILOGUE_BYTES:
+                            break
             except httpx.RemoteProtocolError as e:
                 raise _Broken(f"connection closed mid-body ({_reason(e)})") from None
-            return parser.finish()
+            return parser.finish() if parser is not None else []
         except _Broken as e:
             raise PeerUnavailable(f"domain server sent a broken multipart body: {e}") from None
 
@@ -482,7 +622,15 @@ class DomainClient:
     # ------------------------------------------------------------ tokens
 
     def _fresh(self, token: _Token | None) -> bool:
-        return token is not None and token.exp - time.time() > self._margin
+        return token is not None and time.time() < token.renew_at
+
+    def _token(self, value: str, server: str) -> _Token:
+        exp = _jwt_exp(value, server)
+        # Renew `margin` before exp, but a token that lives less than twice the margin is kept for
+        # half its life: under a 60 s margin a 30 s token would otherwise never count as fresh and
+        # every call would fetch a new one (the real client's auth.rs does that).
+        margin = min(self._margin, max(0.0, exp - time.time()) / 2)
+        return _Token(value, exp, exp - margin)
 
     async def _grant(self, domain_id: str, *, stale: str | None = None) -> _Grant:
         """The cached DDS answer for a domain, renewed when close to expiry or known stale."""
@@ -515,7 +663,7 @@ class DomainClient:
                 raise PeerUnavailable(f"{DDS} answer lacks domain_server.url or access_token") from None
             if not server_url.startswith(("http://", "https://")):
                 raise PeerUnavailable(f"{DDS} sent an unusable domain server url {server_url[:100]!r}")
-            return _Grant(server_url, _Token(access, _jwt_exp(access, DDS)))
+            return _Grant(server_url, self._token(access, DDS))
         raise PeerRefused(f"{DDS} refused a fresh token (401)", code="auth_failed")
 
     async def _dds_service_token(self, *, force: bool) -> _Token:
@@ -533,7 +681,7 @@ class DomainClient:
             if resp.status_code != 200:
                 raise _status_error(API, resp.status_code, resp.text[:200], None)
             value = _token_field(_json(resp, API), "access_token", API)
-            self._dds_token = _Token(value, _jwt_exp(value, API))
+            self._dds_token = self._token(value, API)
             return self._dds_token
         raise PeerRefused(f"{API} refused a fresh user token for the DDS token (401)", code="auth_failed")
 
@@ -574,8 +722,8 @@ class DomainClient:
     def _store_pair(self, doc: Any) -> None:
         access = _token_field(doc, "access_token", API)
         refresh = _token_field(doc, "refresh_token", API)
-        self._access = _Token(access, _jwt_exp(access, API))
-        self._refresh = _Token(refresh, _jwt_exp(refresh, API))
+        self._access = self._token(access, API)
+        self._refresh = self._token(refresh, API)
 
     async def _post(
         self, server: str, url: str, *, bearer: str | None = None, json_body: Any = None
@@ -583,7 +731,9 @@ class DomainClient:
         headers = {"posemesh-client-id": self._client_id, "Content-Type": "application/json"}
         if bearer is not None:
             headers["Authorization"] = f"Bearer {bearer}"
-        body = json.dumps(json_body if json_body is not None else {}).encode()
+        # Only login has a body; refresh, the DDS token and domain auth go out empty, as the real
+        # client sends them (aukilabs/posemesh: core/domain-http/src/auth.rs, discovery.rs).
+        body = json.dumps(json_body).encode() if json_body is not None else None
         try:
             return await self._http.post(url, content=body, headers=headers, timeout=self._timeout)
         except httpx.TimeoutException as e:
@@ -595,6 +745,12 @@ class DomainClient:
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
+
+
+def _query_string(params: Mapping[str, str]) -> str:
+    """`ids` joined with literal commas, as the real client has written them since 1.0 (aukilabs/posemesh:
+    core/domain-http/src/domain_data.rs, download_v1; httpx's params would send %2C); filters encoded."""
+    return "&".join(f"{key}={quote(value, safe=',' if key == 'ids' else '')}" for key, value in params.items())
 
 
 def _login_refused() -> PeerRefused:

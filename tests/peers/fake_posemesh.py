@@ -1,21 +1,37 @@
 """A fake posemesh network: Auki API, DDS and one domain server over real HTTP.
 
-Follows the wire contract in docs/posemesh-domain-data.md. One uvicorn server in
-a background thread serves all three on one port under path prefixes:
+A model of the real one, read from its client's source (aukilabs/posemesh 1.5.3,
+core/domain-http) and docs/posemesh-domain-data.md, and never kinder: each
+behaviour it models names the file it comes from. One uvicorn server in a
+background thread serves all three on one port under path prefixes:
 
     api_url            = base + "/api-svc"     (login, refresh, domains-access-token)
     dds_url            = base + "/dds"         (per-domain auth)
     domain_server_url  = base + "/domain-svc"  (domain data)
 
+Domains hold what real ones hold: photos beside sensor logs, scans and
+manifests (add_item, add_sensor_log, add_scan, add_manifest), some of them
+large: `Generated(size, pattern)` bytes are made on the fly, never held whole.
+
 Test knobs (all settable while the server runs):
 
     fail_next(n, status=503, server="domain")  next n requests to that server fail
     mode = "ok" | "hang" | "broken_multipart" | "size_mismatch" | "expire_tokens"
-        (applies to the domain server; "expire_tokens" answers 401 once then
-        goes back to "ok")
-    chunk_size = None | int       stream multipart answers in chunks of this size
+        (applies to the domain server; "expire_tokens" refuses the next token
+        with 403 "invalid domain access token" then goes back to "ok")
+    refuse_domain_tokens(n=1)     the same for the next n domain requests
+    chunk_size = None | int       stream answers in chunks of this size (None: 64 KiB)
+    token_ttl, domain_token_ttl   token lifetimes in seconds (domain tokens: None = token_ttl)
+    line_ends = "crlf" | "lf"     multipart line ends ("lf": LF-only, which the real client reads)
+    closing_boundary = True       False: an answer stops after its last part's bytes
     forbid_domain(domain_id)      DDS answers 403 for it
     revoke_all_tokens()           every token issued so far becomes invalid
+
+Records: counters (logins, refreshes, dds_tokens, dds_grants, downloads,
+metadata_requests, raw_downloads, uploads, domain_requests), domain_queries
+(parsed) and domain_query_strings (raw) of data GETs, posts (path, body,
+headers of each API/DDS POST), bytes_served (ids of the items whose bytes went
+out, once per answer) and bytes_sent (body bytes of data answers).
 
 Run standalone for a demo:
 
@@ -37,6 +53,9 @@ import sys
 import threading
 import time
 import uuid
+import zipfile
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,16 +72,23 @@ from tests.peers.http_server import Peer, ThreadedServer
 DEMO_DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
 DEMO_EMAIL = "demo@vlm-node.local"
 DEMO_PASSWORD = "demo-password"
+DEMO_SCAN = "2025-08-10_16-54-40"
 
 FORBIDDEN_NAME_CHARS = set(';!?<>[]{}()/\\"$#@*^&|~%=+')
 MAX_ITEM_BYTES = 10 * 1024 * 1024
 MAX_REQUEST_BYTES = 100 * 1024 * 1024
+STREAM_CHUNK = 64 * 1024  # bytes per write of an answer when chunk_size is None
+GENERATED_PIECE = 1024 * 1024  # bytes made at a time for a Generated item
+MAX_IDS = 100  # per data request: 400 beyond (docs/posemesh-domain-data.md, assumed)
+
+# aukilabs/posemesh: core/domain-http/bindings/javascript/tests/basic.test.ts (status 403, this text)
+INVALID_DOMAIN_TOKEN = "invalid domain access token"
 
 MODES = ("ok", "hang", "broken_multipart", "size_mismatch", "expire_tokens")
 
 
 # --------------------------------------------------------------------------- #
-# Tokens
+# Tokens and items
 # --------------------------------------------------------------------------- #
 
 
@@ -78,15 +104,50 @@ def _rfc3339(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@dataclass(frozen=True)
+class Generated:
+    """An item's bytes made on the fly: `pattern` repeated to `size` bytes, never held whole."""
+
+    size: int
+    pattern: bytes = b"\x00"
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or not self.pattern:
+            raise ValueError("a Generated item needs a size >= 0 and a non-empty pattern")
+
+    def pieces(self) -> Iterator[bytes]:
+        block = self.pattern * max(1, GENERATED_PIECE // len(self.pattern))  # whole patterns: pieces join up
+        left = self.size
+        while left > 0:
+            piece = block[:left]
+            left -= len(piece)
+            yield piece
+
+
 @dataclass
 class _Item:
     id: str
     domain_id: str
     name: str
     data_type: str
-    data: bytes
+    data: bytes | Generated
     created_at: datetime
     updated_at: datetime
+
+    @property
+    def size(self) -> int:
+        return self.data.size if isinstance(self.data, Generated) else len(self.data)
+
+    def pieces(self) -> Iterator[bytes]:
+        if isinstance(self.data, Generated):
+            yield from self.data.pieces()
+        elif self.data:
+            yield self.data
+
+    def holds(self, marker: bytes) -> bool:
+        if isinstance(self.data, Generated):  # a marker may span two repeats of the pattern
+            return marker in self.data.pattern * (len(marker) // len(self.data.pattern) + 2)
+        return marker in self.data
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -94,10 +155,19 @@ class _Item:
             "domain_id": self.domain_id,
             "name": self.name,
             "data_type": self.data_type,
-            "size": len(self.data),
+            "size": self.size,
             "created_at": _rfc3339(self.created_at),
             "updated_at": _rfc3339(self.updated_at),
         }
+
+
+@dataclass(frozen=True)
+class PostSeen:
+    """One POST to the Auki API or DDS as it arrived."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
 
 
 class _HTTPError(Exception):
@@ -105,6 +175,23 @@ class _HTTPError(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
+
+
+def accel_csv(rows: int = 20) -> bytes:
+    """An accelerometer log as a DMT scan uploads it (Accel.csv: aukilabs/posemesh:
+    core/domain/examples/browser/src/index.js, core/compute-node/src/storage/client.rs)."""
+    lines = ["timestamp,x,y,z"]
+    lines += [f"{1754816080.0 + n / 100:.2f},{0.01 * n:.3f},-9.81,{0.002 * n:.3f}" for n in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def refined_scan_zip() -> bytes:
+    """A small refined scan, a zip (aukilabs/posemesh: core/compute-node/tests/domain_client_http.rs)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("refined/sfm/points3D.txt", "# 3D point list\n1 0.1 0.2 0.3 255 255 255 0.5\n")
+        zf.writestr("refined/sfm/images.txt", "# image list\n")
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- #
@@ -129,6 +216,7 @@ class FakePosemesh(Peer):
         self.password = password
         self.token_ttl = token_ttl
         self.refresh_ttl = refresh_ttl
+        self.domain_token_ttl: int | None = None  # what DDS gives domain tokens; None: token_ttl
         self.expected_client_id = client_id  # None: any non-empty value
         self.app_key = app_key
         self.app_secret = app_secret
@@ -144,6 +232,9 @@ class FakePosemesh(Peer):
 
         self.mode = "ok"
         self.chunk_size: int | None = None
+        self.line_ends = "crlf"
+        self.closing_boundary = True
+        self._refuse_tokens = 0
 
         self.logins = 0
         self.login_failures = 0
@@ -156,6 +247,10 @@ class FakePosemesh(Peer):
         self.uploads = 0
         self.domain_requests = 0
         self.domain_queries: list[dict[str, str]] = []
+        self.domain_query_strings: list[str] = []
+        self.posts: list[PostSeen] = []
+        self.bytes_served: list[str] = []
+        self.bytes_sent = 0
         self.client_ids_seen: set[str] = set()
 
         self._http = ThreadedServer(self._build_app(), port=port, name="fake-posemesh")
@@ -186,22 +281,40 @@ class FakePosemesh(Peer):
         self,
         domain_id: str,
         name: str,
-        data: bytes,
+        data: bytes | Generated,
         data_type: str = "jpg",
         created_at: datetime | None = None,
     ) -> str:
+        """Store an item; `Generated(size, pattern)` for one too large to hold."""
         domain_id = str(uuid.UUID(domain_id))
         now = datetime.now(UTC)
         created = created_at or now
         if created.tzinfo is None:
             created = created.replace(tzinfo=UTC)
+        content = data if isinstance(data, Generated) else bytes(data)
         with self._lock:
             items = self._domains.setdefault(domain_id, {})
             if any(i.name == name for i in items.values()):
                 raise ValueError(f"duplicate name {name!r} in domain {domain_id}")
-            item = _Item(str(uuid.uuid4()), domain_id, name, data_type, bytes(data), created, created)
+            item = _Item(str(uuid.uuid4()), domain_id, name, data_type, content, created, created)
             items[item.id] = item
         return item.id
+
+    # Non-image items as a DMT scan stores them: name = data type + "_" + scan name
+    # (aukilabs/posemesh: core/domain/examples/browser/src/index.js, getDataType).
+
+    def add_sensor_log(self, domain_id: str, scan: str = DEMO_SCAN, data_type: str = "dmt_accel_csv") -> str:
+        return self.add_item(domain_id, f"{data_type}_{scan}", accel_csv(), data_type)
+
+    def add_manifest(self, domain_id: str, scan: str = DEMO_SCAN, doc: Any = None) -> str:
+        doc = doc if doc is not None else {"scan": scan, "frames": 0, "portals": []}
+        return self.add_item(domain_id, f"dmt_manifest_json_{scan}", json.dumps(doc).encode(), "dmt_manifest_json")
+
+    def add_scan(self, domain_id: str, name: str = f"scan_{DEMO_SCAN}", size: int | None = None) -> str:
+        """A refined_scan_zip (core/compute-node/src/storage/client.rs); `size` makes a generated one
+        of that many bytes (real scans run to hundreds of MiB), else a small real zip."""
+        data: bytes | Generated = refined_scan_zip() if size is None else Generated(size, b"PK\x03\x04scan")
+        return self.add_item(domain_id, name, data, "refined_scan_zip")
 
     def items(self, domain_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -216,6 +329,11 @@ class FakePosemesh(Peer):
             raise ValueError(f"server must be one of {sorted(self._fail)}")
         with self._lock:
             self._fail[server] = [status] * n
+
+    def refuse_domain_tokens(self, n: int = 1) -> None:
+        """The next n domain requests refuse their token as an expired one is refused."""
+        with self._lock:
+            self._refuse_tokens = n
 
     def revoke_all_tokens(self) -> None:
         with self._lock:
@@ -269,9 +387,10 @@ class FakePosemesh(Peer):
                 status = self._fail[server].pop(0)
                 raise _HTTPError(status, f"injected failure {status}")
 
-    @staticmethod
-    async def _json_body(request: Request) -> Any:
+    async def _json_body(self, request: Request) -> Any:
+        """The POST's JSON; no body at all reads as {} (auth.rs and discovery.rs send none)."""
         raw = await request.body()
+        self.posts.append(PostSeen(request.url.path, raw, dict(request.headers)))
         if not raw.strip():
             return {}
         try:
@@ -307,9 +426,9 @@ class FakePosemesh(Peer):
 
     async def _login(self, request: Request) -> Response:
         self.logins += 1
+        body = await self._json_body(request)
         self._check_client_id(request)
         self._take_failure("api")
-        body = await self._json_body(request)
         if not isinstance(body, dict) or body.get("email") != self.email or body.get("password") != self.password:
             self.login_failures += 1
             raise _HTTPError(401, "invalid email or password")
@@ -324,6 +443,7 @@ class FakePosemesh(Peer):
 
     async def _refresh(self, request: Request) -> Response:
         self.refreshes += 1
+        await self._json_body(request)
         self._check_client_id(request)
         self._take_failure("api")
         token = self._bearer(request)
@@ -336,6 +456,7 @@ class FakePosemesh(Peer):
 
     async def _dds_token(self, request: Request) -> Response:
         self.dds_tokens += 1
+        await self._json_body(request)
         self._check_client_id(request)
         self._take_failure("api")
         auth = request.headers.get("authorization", "")
@@ -350,17 +471,18 @@ class FakePosemesh(Peer):
             read_only = True
         else:
             self._verify(self._bearer(request), "user")
-        await self._json_body(request)
         return JSONResponse({"access_token": self._mint({"typ": "dds_service", "ro": read_only}, self.token_ttl)})
 
     # ------------------------------------------------------------ DDS
 
     async def _dds_auth(self, request: Request) -> Response:
+        """Any posemesh-sdk-version and posemesh-gateway-mac (empty from a browser) are taken, as 1.4+
+        send them (aukilabs/posemesh: core/domain-http/src/discovery.rs, auth_domain)."""
         self.dds_grants += 1
+        await self._json_body(request)
         self._check_client_id(request)
         self._take_failure("dds")
         claims = self._verify(self._bearer(request), "dds_service")
-        await self._json_body(request)
         domain_id = request.path_params["domain_id"]
         with self._lock:
             known = domain_id in self._domains
@@ -372,7 +494,7 @@ class FakePosemesh(Peer):
         url = self.domain_server_url
         token = self._mint(
             {"typ": "domain", "iss": "dds", "domain_id": domain_id, "aud": [url], "ro": claims.get("ro", False)},
-            self.token_ttl,
+            self.token_ttl if self.domain_token_ttl is None else self.domain_token_ttl,
         )
         return JSONResponse(
             {
@@ -402,13 +524,22 @@ class FakePosemesh(Peer):
         if self.mode == "hang":
             await self._http.hang(lambda: self.mode == "hang")
             raise _HTTPError(503, "was hanging")
-        if self.mode == "expire_tokens":
-            self.mode = "ok"
-            raise _HTTPError(401, "token expired")
-        claims = self._verify(self._bearer(request), "domain")
+        # Every refused domain token, expired, bad, for another domain or read-only on a write,
+        # is 403 "invalid domain access token" (aukilabs/posemesh: bindings/javascript/tests/basic.test.ts).
+        with self._lock:
+            refuse = self._refuse_tokens > 0 or self.mode == "expire_tokens"
+            self._refuse_tokens = max(0, self._refuse_tokens - 1)
+            if self.mode == "expire_tokens":
+                self.mode = "ok"
+        if refuse:
+            raise _HTTPError(403, INVALID_DOMAIN_TOKEN)
+        try:
+            claims = self._verify(self._bearer(request), "domain")
+        except _HTTPError:
+            raise _HTTPError(403, INVALID_DOMAIN_TOKEN) from None
         domain_id = request.path_params["domain_id"]
         if claims.get("domain_id") != domain_id or self.domain_server_url not in claims.get("aud", []):
-            raise _HTTPError(401, "token not valid for this domain")
+            raise _HTTPError(403, INVALID_DOMAIN_TOKEN)
         with self._lock:
             if domain_id not in self._domains:
                 raise _HTTPError(404, "domain not found")
@@ -419,17 +550,20 @@ class FakePosemesh(Peer):
             await self._domain_gate(request, check_client_id=True)
             return self._get_data(request)
         claims = await self._domain_gate(request, check_client_id=False)
-        if claims.get("ro"):
-            raise _HTTPError(403, "read-only credentials")
+        if claims.get("ro"):  # app credentials: basic.test.ts "should not upload domain data"
+            raise _HTTPError(403, INVALID_DOMAIN_TOKEN)
         return await self._upload(request)
 
     def _select(self, request: Request) -> list[_Item]:
         domain_id = request.path_params["domain_id"]
+        # Decoded, so ids=a,b and ids=a%2Cb read alike: clients since 1.0 write literal commas, 0.1.x
+        # wrote %2C through reqwest's query() (aukilabs/posemesh: core/domain-http/src/domain_data.rs).
         q = request.query_params
         self.domain_queries.append(dict(q))
+        self.domain_query_strings.append(request.scope["query_string"].decode("latin-1"))
         ids = [i for i in q.get("ids", "").split(",") if i]
-        if len(ids) > 100:
-            raise _HTTPError(400, "too many ids (max 100)")
+        if len(ids) > MAX_IDS:
+            raise _HTTPError(400, f"too many ids (max {MAX_IDS})")
         name = q.get("name")
         data_type = q.get("data_type")
         with self._lock:
@@ -453,52 +587,78 @@ class FakePosemesh(Peer):
             raise _HTTPError(406, "accept multipart/form-data or application/json")
         self.downloads += 1
         boundary = self._boundary(items)
-        body = self._multipart(items, boundary)
         headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
-        if self.chunk_size:
-            size = self.chunk_size
-
-            async def chunks() -> Any:
-                for start in range(0, len(body), size):
-                    yield body[start : start + size]
-                    await asyncio.sleep(0)
-
-            return StreamingResponse(chunks(), headers=headers)
-        return Response(body, headers=headers)
+        return StreamingResponse(self._send(self._multipart(items, boundary)), headers=headers)
 
     @staticmethod
     def _boundary(items: list[_Item]) -> str:
+        # 60 hex digits: Go's mime/multipart random boundary, as in the live-server sample in
+        # aukilabs/posemesh: core/domain-http/src/domain_data.rs (tests).
         while True:
-            boundary = "posemesh-" + secrets.token_hex(16)
-            marker = ("--" + boundary).encode()
-            if not any(marker in i.data for i in items):
+            boundary = secrets.token_hex(30)
+            if not any(i.holds(("--" + boundary).encode()) for i in items):
                 return boundary
 
-    def _multipart(self, items: list[_Item], boundary: str) -> bytes:
-        out = io.BytesIO()
-        cut_at: int | None = None
+    def _multipart(self, items: list[_Item], boundary: str) -> Iterator[tuple[bytes, str | None]]:
+        """The answer in pieces, each with the id of the item whose bytes it holds (None: framing).
+
+        As Go's mime/multipart Writer writes it (the server's source is not public; its 60-hex
+        boundary is Go's): "--B" before the first part, EOL "--B" before the others, headers in
+        sorted order, and on Close EOL "--B--" EOL, even with no part, which is what an empty
+        answer looks like. closing_boundary=False is a server that never
+        closes: the body stops after its last part's bytes (an empty body when nothing matched);
+        the real client reads parts by `size` and does without the closing delimiter
+        (aukilabs/posemesh: core/domain-http/src/domain_data.rs, handle_domain_data_stream).
+        line_ends="lf" writes LF where CRLF belongs, which that client also reads (find_headers_end).
+        """
+        eol = "\n" if self.line_ends == "lf" else "\r\n"
         for n, item in enumerate(items):
-            size = len(item.data)
-            if self.mode == "size_mismatch" and n == 0:
-                size += 7
+            size = item.size + (7 if self.mode == "size_mismatch" and n == 0 else 0)
             disposition = (
                 f'form-data; name="{item.name}"; data-type="{item.data_type}"; id="{item.id}"; '
                 f'domain-id="{item.domain_id}"; size="{size}"; created-at="{_rfc3339(item.created_at)}"; '
                 f'updated-at="{_rfc3339(item.updated_at)}"'
             )
-            out.write(f"--{boundary}\r\n".encode())
-            out.write(f"Content-Disposition: {disposition}\r\n".encode())
-            out.write(b"Content-Type: application/octet-stream\r\n\r\n")
-            cut_at = out.tell() + len(item.data) // 2
-            out.write(item.data)
-            out.write(b"\r\n")
-        out.write(f"--{boundary}--\r\n".encode())
-        body = out.getvalue()
-        if self.mode == "broken_multipart":
-            if cut_at is None:  # no items: cut the closing delimiter itself
-                return body[: len(boundary)]
-            return body[:cut_at]
-        return body
+            yield (
+                f"{eol if n else ''}--{boundary}{eol}Content-Disposition: {disposition}{eol}"
+                f"Content-Type: application/octet-stream{eol}{eol}"
+            ).encode(), None
+            if self.mode == "broken_multipart" and n == len(items) - 1:  # cut in the middle of the last item
+                yield from _first_bytes(item, item.size // 2)
+                return
+            for piece in item.pieces():
+                yield piece, item.id
+        closing = f"{eol}--{boundary}--{eol}".encode()
+        if self.mode == "broken_multipart":  # no items: cut the closing delimiter itself
+            yield closing[: len(boundary)], None
+        elif self.closing_boundary:
+            yield closing, None
+
+    async def _send(self, pieces: Iterable[tuple[bytes, str | None]]) -> AsyncIterator[bytes]:
+        """Write the pieces in chunks of chunk_size, counting what the server took: bytes_sent, and
+        in bytes_served each item whose first byte went out."""
+        starts: deque[tuple[int, str]] = deque()  # where each item's bytes begin in the body
+        begun: set[str] = set()
+        made = sent = 0
+
+        def body() -> Iterator[bytes]:
+            nonlocal made
+            for piece, item_id in pieces:
+                if item_id is not None and item_id not in begun:
+                    begun.add(item_id)
+                    starts.append((made, item_id))
+                made += len(piece)
+                yield piece
+
+        for chunk in _chunks(body(), self.chunk_size or STREAM_CHUNK):
+            yield chunk  # back here once the server has taken it
+            sent += len(chunk)
+            self.bytes_sent += len(chunk)
+            while starts and starts[0][0] < sent:
+                self.bytes_served.append(starts.popleft()[1])
+            # Let the server see a client that went away (it stops the answer then, as a real
+            # server stops on a reset connection); uvicorn's send does not wait once it is gone.
+            await asyncio.sleep(0)
 
     async def _one_item(self, request: Request) -> Response:
         await self._domain_gate(request, check_client_id=True)
@@ -509,7 +669,8 @@ class FakePosemesh(Peer):
             raise _HTTPError(404, "data not found")
         if request.query_params.get("raw", "").lower() == "true":
             self.raw_downloads += 1
-            return Response(item.data, media_type="application/octet-stream")
+            pieces = ((piece, item.id) for piece in item.pieces())
+            return StreamingResponse(self._send(pieces), media_type="application/octet-stream")
         return JSONResponse({"data": [item.meta()]})
 
     async def _upload(self, request: Request) -> Response:
@@ -607,6 +768,35 @@ class FakePosemesh(Peer):
         return JSONResponse({"data": [i.meta() for i in out]})
 
 
+def _first_bytes(item: _Item, n: int) -> Iterator[tuple[bytes, str | None]]:
+    for piece in item.pieces():
+        if n <= 0:
+            return
+        yield piece[:n], item.id
+        n -= len(piece)
+
+
+def _chunks(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The pieces' bytes again, in chunks of exactly `size` (the last may be shorter)."""
+    pending = bytearray()
+    for piece in pieces:
+        view = memoryview(piece)
+        if pending:
+            take = size - len(pending)
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) < size:
+                continue
+            yield bytes(pending)
+            pending.clear()
+        while len(view) >= size:
+            yield bytes(view[:size])
+            view = view[size:]
+        pending += view
+    if pending:
+        yield bytes(pending)
+
+
 # --------------------------------------------------------------------------- #
 # Standalone demo
 # --------------------------------------------------------------------------- #
@@ -645,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Fake posemesh (Auki API + DDS + domain server) for demos")
     ap.add_argument("--port", type=int, default=8090)
     ap.add_argument("--seed-dir", type=Path, help="load jpg/png files from this directory")
-    ap.add_argument("--demo", action="store_true", help="seed generated demo JPEGs when no --seed-dir")
+    ap.add_argument("--demo", action="store_true",
+                    help="seed generated demo JPEGs and a scan's CSV, manifest and zip when no --seed-dir")
     ap.add_argument("--domain-id", default=DEMO_DOMAIN_ID)
     ap.add_argument("--email", default=DEMO_EMAIL)
     ap.add_argument("--password", default=DEMO_PASSWORD)
@@ -662,8 +853,12 @@ def main(argv: list[str] | None = None) -> int:
         images = []
     for name, dtype, data in images:
         fake.add_item(domain_id, name, data, data_type=dtype)
+    if args.demo and not args.seed_dir:  # a real domain holds a scan's other data beside the photos
+        fake.add_sensor_log(domain_id)
+        fake.add_manifest(domain_id)
+        fake.add_scan(domain_id)
     fake.start()
-    print(f"fake posemesh on {fake.base_url} with {len(images)} items in domain {domain_id}")
+    print(f"fake posemesh on {fake.base_url} with {len(fake.items(domain_id))} items in domain {domain_id}")
     print("use:")
     print(f"  export API_URL={fake.api_url}")
     print(f"  export DDS_URL={fake.dds_url}")
