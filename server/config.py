@@ -14,6 +14,10 @@ class ConfigError(Exception):
     pass
 
 
+SINGLE_IMAGE_POLICIES = ("tile", "newest")
+ZERO_MEANS_DEFAULT = {"caption_slots", "vlm_max_images"}  # integer settings where 0 asks for the derived default
+
+
 def _int(name: str, value: str, lo: int, hi: int) -> int:
     try:
         n = int(value)
@@ -70,11 +74,20 @@ class Settings:
     http_port: int = 8080
     grpc_target: str = ""  # where the bridge finds the gRPC server; empty: localhost:GRPC_PORT
     ollama_pull: bool = True  # pull missing models at start, as the original
-    ollama_concurrency: int = 4  # requests in flight to Ollama per process
-    ollama_timeout: float = 120.0  # seconds per request
+    # Ollama answers OLLAMA_NUM_PARALLEL requests per model at once (its own
+    # default is 1) and queues the rest with nothing said; the node sends no
+    # more than that per model and process, and waits for a slot itself.
+    ollama_num_parallel: int = 1
+    ollama_timeout: float = 120.0  # seconds of silence before a request is given up (a streamed answer resets it)
+    ollama_answer_deadline: float = 600.0  # seconds a whole answer may take, however steadily it streams
+    vlm_num_ctx: int = 4096  # tokens of context asked for the VLM (capped at what the model was trained for)
+    llm_num_ctx: int = 8192  # tokens of context asked for the LLM; a longer timeline is read in windows
+    vlm_max_images: int = 0  # images the VLM takes in one request; 0: as its family is known to take (moondream: 1)
+    realtime_single_image: str = "tile"  # a batch for a one-image VLM: "tile" (one contact sheet) or "newest" (last frame)
+    caption_max_tokens: int = 256  # longest caption, in tokens; the timeline must fit the LLM's context
     posemesh_timeout: float = 30.0  # seconds per posemesh request
     image_max_side: int = 1024  # pixels; the models see no more than this
-    caption_slots: int = 4  # images captioned at once within one job
+    caption_slots: int = 0  # images captioned at once within one job; 0: OLLAMA_NUM_PARALLEL
     job_max_images: int = 1000  # images one job may take
     worker_jobs: int = 1  # jobs one worker runs at once
     workers: int = 1  # worker processes `python -m server.node` starts
@@ -96,6 +109,10 @@ class Settings:
     webhook_secret: str = ""
     webhook_attempts: int = 5
     log_level: str = "INFO"
+
+    @property
+    def caption_concurrency(self) -> int:
+        return self.caption_slots or self.ollama_num_parallel
 
     @property
     def tls(self) -> bool:
@@ -123,6 +140,10 @@ class Settings:
                 parsed[key] = _url(name, raw)
             elif key == "postgres_url" and not raw.startswith(("postgres://", "postgresql://")):
                 raise ConfigError(f"{name} must be a postgresql:// URL, got {raw!r}")
+            elif key == "realtime_single_image":
+                if raw not in SINGLE_IMAGE_POLICIES:
+                    raise ConfigError(f"{name} must be one of {', '.join(SINGLE_IMAGE_POLICIES)}, got {raw!r}")
+                parsed[key] = raw
             elif key == "log_level":
                 if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                     raise ConfigError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
@@ -131,7 +152,7 @@ class Settings:
                 parsed[key] = _bool(name, raw)
             elif kind is int:
                 hi = 65535 if key.endswith("port") else 1 << 30
-                parsed[key] = _int(name, raw, 0 if key.endswith("port") else 1, hi)
+                parsed[key] = _int(name, raw, 0 if key in ZERO_MEANS_DEFAULT or key.endswith("port") else 1, hi)
             elif kind is float:
                 parsed[key] = _float(name, raw, 0.001, 86_400)
             else:

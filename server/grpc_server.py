@@ -52,6 +52,8 @@ class NodeServer:
             idle_timeout=settings.realtime_idle_timeout,
             flush_after=settings.realtime_flush_after,
             image_max_side=settings.image_max_side,
+            max_images=settings.vlm_max_images,
+            single_image=settings.realtime_single_image,
         )
         max_message = settings.realtime_max_frame_bytes + MESSAGE_OVERHEAD
         self.tokens = Tokens.from_settings(settings)
@@ -130,7 +132,7 @@ class NodeServer:
 async def serve(settings: Settings) -> None:
     node = NodeServer(settings)
     await node.start()
-    await check_ollama(node.engine, settings)
+    await check_ollama(node.engine, "vlm-node-server")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,6 +1,8 @@
 """Keeps the gRPC health service truthful: JobService is SERVING while the
 database answers, InferenceService while Ollama does. The bridge's /ready
-reads these, so it never has to reach the database or Ollama itself."""
+reads these, so it never has to reach the database or Ollama itself.
+Ollama serves only when both models are there and fit for their work (the
+VLM sees images)."""
 
 import asyncio
 import logging
@@ -27,7 +29,7 @@ class HealthMonitor(BackgroundDuty):
                  *, jobs_service: str, inference_service: str):
         super().__init__()
         self.servicer = servicer
-        self.checks = {jobs_service: store.ping, inference_service: engine.version}
+        self.checks = {jobs_service: store.ping, inference_service: engine.ready}
         self._last: dict[str, int] = {}
 
     async def check_once(self) -> None:

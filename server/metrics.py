@@ -19,6 +19,10 @@ JOB_DURATION = Histogram(
 OLLAMA_SECONDS = Histogram(
     "vlmnode_ollama_request_seconds", "Ollama requests, to the end of the answer", ["model"], buckets=LATENCY_BUCKETS
 )
+OLLAMA_SLOT_WAIT = Histogram(
+    "vlmnode_ollama_slot_wait_seconds", "Waits for one of the node's slots for a model, before asking Ollama", ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 OLLAMA_ERRORS = Counter("vlmnode_ollama_errors_total", "Ollama requests that failed", ["model", "code"])
 STREAMS = Gauge("vlmnode_realtime_streams", "Realtime Infer streams open")
 FRAMES = Counter("vlmnode_frames_received_total", "Frames received on realtime streams")

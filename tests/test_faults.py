@@ -24,7 +24,7 @@ from tests.test_worker import wait_final
 FAULTS = {
     # name: (how to break the peer, the job's error code, words in its message)
     "ollama answers garbage": (lambda o, p: setattr(o, "mode", "garbage"), "bad_model_answer", "Ollama"),
-    "ollama hangs": (lambda o, p: setattr(o, "mode", "hang"), "peer_unavailable", "no answer within 0.5 s"),
+    "ollama hangs": (lambda o, p: setattr(o, "mode", "hang"), "peer_unavailable", "nothing heard for 0.5 s"),
     "ollama errors": (lambda o, p: setattr(o, "mode", "error"), "peer_unavailable", "Ollama"),
     "posemesh 5xx": (lambda o, p: p.fail_next(100, status=503, server="domain"), "peer_unavailable", "domain server"),
     "posemesh hangs": (lambda o, p: setattr(p, "mode", "hang"), "peer_unavailable", "domain server"),

@@ -16,7 +16,7 @@ async def _run(settings: Settings) -> None:
     store = JobStore(settings.postgres_url, max_size=4)
     await store.open()
     peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
-    await check_ollama(peers.engine, settings)
+    await check_ollama(peers.engine, "vlm-node-worker")
     worker = Worker(store, peers)
 
     async def health() -> dict:
