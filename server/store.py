@@ -6,6 +6,7 @@ advisory lock so that processes starting together do not race.
 """
 
 import asyncio
+import dataclasses
 import logging
 import re
 import uuid
@@ -66,6 +67,17 @@ class Claim:
     @property
     def attempt(self) -> int:
         return self.job["attempts"]
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One image's caption, as a job keeps it (see save_caption)."""
+
+    image_id: str
+    image_updated_at: datetime
+    name: str
+    taken_at: datetime
+    caption: str
 
 
 def parse_job_id(job_id: str) -> uuid.UUID:
@@ -257,6 +269,15 @@ class JobStore:
             error=Jsonb(error) if error is not None else None,
             retry_in=retry_in,
         )
+
+    async def save_caption(self, job_id: uuid.UUID, recipe: str, caption: Caption) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(QUERIES["save_caption"], {"job_id": job_id, "recipe": recipe, **dataclasses.asdict(caption)})
+
+    async def captions(self, job_id: uuid.UUID, recipe: str) -> dict[str, Caption]:
+        """The captions a job made with `recipe`, by image id."""
+        rows = await self._all("job_captions", job_id=job_id, recipe=recipe)
+        return {row["image_id"]: Caption(**row) for row in rows}
 
     async def rescue_jobs(self) -> list[dict[str, Any]]:
         return await self._all("rescue_jobs")

@@ -77,16 +77,18 @@ COLOURS = ["white", "red", "red", "blue", "red", "green"]
 
 @pytest.fixture
 def fake_ollama():
-    from tests.peers.fake_ollama import FakeOllama
+    """Ollama with the default models, and gemma3 for a VLM that sees several images at once."""
+    from tests.peers.fake_ollama import DEFAULT_MODELS, FakeOllama
 
-    with FakeOllama() as server:
+    with FakeOllama([*DEFAULT_MODELS, "gemma3:4b"]) as server:
         yield server
 
 
 @pytest.fixture
 def posemesh():
     """A posemesh with one domain of six photos, one a minute, named as
-    glasses apps name them so their time comes from the name."""
+    glasses apps name them so their time comes from the name, beside what
+    real domains also hold: a sensor log, a manifest and a 200 MiB scan."""
     from tests.images import solid_jpeg
     from tests.peers.fake_posemesh import FakePosemesh
 
@@ -94,6 +96,9 @@ def posemesh():
         server.add_domain(DOMAIN_ID)
         for minute, colour in enumerate(COLOURS):
             server.add_item(DOMAIN_ID, f"photo_req_{minute}_20250810_16{40 + minute:02d}00", solid_jpeg(colour))
+        server.add_sensor_log(DOMAIN_ID)
+        server.add_manifest(DOMAIN_ID)
+        server.add_scan(DOMAIN_ID, size=200 * 1024 * 1024)
         yield server
 
 

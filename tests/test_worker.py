@@ -2,6 +2,7 @@
 Ollama and posemesh, delivered to a webhook."""
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 
@@ -148,3 +149,102 @@ async def test_retry_runs_a_finished_job_again(jobs, worker):
     assert done.status == jobs_pb2.JOB_STATUS_COMPLETED
     task = as_dict(done.output)["task"]
     assert task["start"]["image_id"] == task["end"]["image_id"]  # the single blue photo
+
+
+def vlm_requests(fake_ollama) -> list[dict]:
+    return [r for r in fake_ollama.requests if r["images"]]
+
+
+async def test_only_the_images_of_a_domain_are_downloaded(jobs, worker, posemesh):
+    done = await wait_final(jobs, (await jobs.CreateJob(create_request())).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    photos = {i["id"] for i in posemesh.items(DOMAIN_ID) if i["data_type"] == "jpg"}
+    # The sensor log, the manifest and the 200 MiB scan beside the photos: listed, never downloaded.
+    assert set(posemesh.bytes_served) == photos and len(posemesh.bytes_served) == 6
+    assert posemesh.bytes_sent < 1024 * 1024
+    assert "skipped" in as_dict(done.output) and not as_dict(done.output)["skipped"]
+
+
+async def test_an_image_too_large_to_take_is_skipped_unread(jobs, worker, posemesh):
+    from tests.peers.fake_posemesh import Generated
+
+    huge = posemesh.add_item(DOMAIN_ID, "photo_huge_20250810_170000", Generated(64 * 1024 * 1024, b"\xff\xd8"))
+    done = await wait_final(jobs, (await jobs.CreateJob(create_request())).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    [skipped] = as_dict(done.output)["skipped"]
+    assert skipped["image_id"] == huge and skipped["reason"].startswith("larger than")
+    assert huge not in posemesh.bytes_served
+
+
+async def test_a_bad_answer_is_asked_again_and_a_retry_keeps_the_captions(jobs, worker, fake_ollama):
+    fake_ollama.mode = "reversed"  # every answer ends before it starts
+    done = await wait_final(jobs, (await jobs.CreateJob(create_request(max_attempts=2))).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED
+    assert done.error.code == "bad_model_answer" and done.attempts == 2
+    # Each attempt asked the LLM three times; the six captions were made once for both.
+    assert len([r for r in fake_ollama.requests if r["format"]]) == 6
+    assert len(vlm_requests(fake_ollama)) == 6
+
+    fake_ollama.mode = "ok"
+    await jobs.RetryJob(jobs_pb2.RetryJobRequest(id=done.id, job_type="task_timing_v1", input=struct(INPUT)))
+    again = await wait_final(jobs, done.id)
+    assert again.status == jobs_pb2.JOB_STATUS_COMPLETED, again.error
+    assert len(vlm_requests(fake_ollama)) == 6  # a re-run with the same VLM prompt captions nothing again
+    assert len(as_dict(again.output)["timeline"]) == 6
+
+
+async def test_a_retry_with_a_new_vlm_prompt_captions_again(jobs, worker, fake_ollama):
+    job = (await jobs.CreateJob(create_request())).job
+    await wait_final(jobs, job.id)
+    new_input = {**INPUT, "vlm_prompt": "What is on the shelf?"}
+    await jobs.RetryJob(jobs_pb2.RetryJobRequest(id=job.id, job_type="task_timing_v1", input=struct(new_input)))
+    done = await wait_final(jobs, job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    assert [r["prompt"] for r in vlm_requests(fake_ollama)] == ["Describe the image"] * 6 + ["What is on the shelf?"] * 6
+
+
+async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings, jobs, posemesh):
+    from tests.conftest import running_worker
+    from tests.peers.fake_ollama import FakeOllama
+
+    with FakeOllama(["llama3:latest"]) as ollama:  # the VLM is not there yet
+        job = (await jobs.CreateJob(create_request())).job
+        async with running_worker(dataclasses.replace(settings, ollama_host=ollama.url)):
+            done = await wait_final(jobs, job.id)
+        assert "moondream:1.8b" in ollama.models
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    assert done.attempts == 1
+
+
+async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings, jobs, posemesh):
+    from tests.conftest import running_worker
+    from tests.peers.fake_ollama import FakeOllama
+
+    with FakeOllama(["llama3:latest"], pullable=set()) as ollama:
+        job = (await jobs.CreateJob(create_request())).job
+        async with running_worker(dataclasses.replace(settings, ollama_host=ollama.url)):
+            done = await wait_final(jobs, job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED and done.attempts == 1
+    assert done.error.code == "model_missing" and "file does not exist" in done.error.message
+
+
+async def test_a_long_job_overflowing_the_llm_context_still_finds_its_task(settings, jobs, posemesh, fake_ollama):
+    """300 photos, a red stretch in the middle, an LLM context of 4096 tokens."""
+    from tests.conftest import running_worker
+    from tests.images import solid_jpeg
+
+    domain = posemesh.add_domain("5d1e9a52-3c1c-4b7e-9a51-7f4c2b1e0a11")
+    ids = []
+    for n in range(300):
+        colour = "red" if 140 <= n <= 171 else "grey"
+        ids.append(posemesh.add_item(domain, f"photo_{n:03d}_20250810_{10 + n // 60:02d}{n % 60:02d}00",
+                                     solid_jpeg(colour, size=(32, 24))))
+    request = create_request(domain_id=domain)
+    async with running_worker(dataclasses.replace(settings, llm_num_ctx=4096)):
+        done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id, timeout=60)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    output = as_dict(done.output)
+    assert output["task"]["start"]["image_id"] == ids[140] and output["task"]["end"]["image_id"] == ids[171]
+    assert output["decision"]["windows"] > 1
+    llm = [r for r in fake_ollama.requests if r["format"]]
+    assert all(not r["truncated"] for r in llm) and {r["num_ctx"] for r in llm} == {4096}

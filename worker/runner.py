@@ -19,7 +19,7 @@ from server import logs
 from server import metrics
 from server.errors import NodeError
 from server.retry import RetryStrategy
-from server.store import JOBS_READY_CHANNEL, Claim, JobStore
+from server.store import JOBS_READY_CHANNEL, Caption, Claim, JobStore
 from worker.pipelines import PIPELINES, Peers, Pipeline
 from worker.rescuer import JobRescuer
 from worker.webhook import deliver
@@ -47,6 +47,12 @@ class _Context:
     async def advance(self, status: str) -> None:
         if await self.store.advance_job(self.claim, status) is None:
             raise JobCancelled()
+
+    async def captions(self, recipe: str) -> dict[str, Caption]:
+        return await self.store.captions(self.claim.id, recipe)
+
+    async def save_caption(self, recipe: str, caption: Caption) -> None:
+        await self.store.save_caption(self.claim.id, recipe, caption)
 
 
 def _outcome(row: dict[str, Any] | None) -> str:

@@ -1,86 +1,275 @@
-"""What the LLM is asked for in task_timing_v1, and how its answer is checked.
+"""How task_timing_v1 decides, from the captioned timeline, when the task
+started and ended.
 
-The answer is requested with a JSON schema; the model may still name an image
-that is not in the timeline, so the answer is checked against the timeline and
-its timestamps are taken from there, not from the model.
+The LLM reads the timeline with its rows numbered, and answers in a JSON
+schema that names rows. The schema carries only what grammar-constrained
+sampling enforces (llama.cpp's json-schema-to-grammar, under Ollama): rows are
+integers within bounds or one of an enum, confidence an integer percent;
+bounds on plain numbers and the meaning of free strings are not enforced, so
+the node does not lean on them.
+
+A timeline longer than the LLM's context is read in windows that each
+propose where the task may start and end; a last call decides among the
+proposals. The task is written after the timeline in every prompt, so if a
+prompt were ever cut from the front (as Ollama does, silently) the task is
+not what is lost. A bad answer is asked again, for this step alone: the
+captions are kept (worker/captions.py).
 """
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from server.errors import PeerUnavailable
+from server.engine import OllamaEngine
+from server.errors import BadInput, PeerUnavailable
+from worker.captions import Row
 
-_MOMENT = {
-    "type": ["object", "null"],
-    "properties": {
-        "image_id": {"type": "string"},
-        "timestamp": {"type": "string"},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "reasoning": {"type": "string"},
-    },
-    "required": ["image_id", "timestamp", "confidence", "reasoning"],
-}
-ANSWER_SCHEMA = {
-    "type": "object",
-    "properties": {"start": _MOMENT, "end": _MOMENT, "reasoning": {"type": "string"}},
-    "required": ["start", "end", "reasoning"],
-}
+log = logging.getLogger(__name__)
 
-INSTRUCTIONS = (
-    "Below is a timeline of photos taken by smart glasses in a store, one line per photo: "
-    "`id,timestamp,event`, where event describes the photo. Using the task description, find the "
-    "photo where the task started and the photo where it ended. Answer in JSON with `start` and `end` "
-    "(each with image_id, timestamp, confidence between 0 and 1, reasoning; null when the task is not "
-    "seen) and an overall `reasoning`."
+ANSWER_TOKENS = 640  # tokens the answer may take: two moments and the reasoning, with room to spare
+REASONING_CHARS = 400  # longest reasoning the schema allows, so the answer fits ANSWER_TOKENS
+LLM_TRIES = 3  # asks of one question before a bad answer fails the attempt
+OVERLAP = 2  # rows a window repeats from the one before, so a boundary between windows is seen from both
+REPLANS = 3  # times a timeline is cut into smaller windows after a prompt proved longer than estimated
+OPTIONS = {"temperature": 0, "num_predict": ANSWER_TOKENS}
+
+PREFACE = "Photos taken by smart glasses in a store, in time order, one line per photo: `row,time,event`."
+QUESTION = (
+    "Find the photo where the task described below started and the photo where it ended. Answer in JSON: "
+    "`start` and `end`, each with the photo's `row`, your `confidence` from 0 to 100 and a short `reasoning`, "
+    "or null when it is not seen; and an overall `reasoning`."
+)
+WINDOW_QUESTION = (
+    "These are rows {first} to {last} of a longer timeline (part {part} of {parts}). Say where within these rows "
+    "the task described below starts and where it ends: `start` and `end`, each with the photo's `row`, your "
+    "`confidence` from 0 to 100 and a short `reasoning`, or null when that moment is not in these rows; and an "
+    "overall `reasoning`."
+)
+FINAL_QUESTION = (
+    "A long timeline was read in parts; these are the photos where the parts saw the task start or end, with "
+    "their neighbours. " + QUESTION
 )
 
 
-def timeline_csv(rows: list[dict[str, Any]]) -> str:
+@dataclass(frozen=True)
+class Moment:
+    row: int
+    confidence: float  # 0..1
+    reasoning: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    start: Moment | None
+    end: Moment | None
+    reasoning: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    windows: int  # parts the timeline was read in (1: at once)
+    calls: int  # questions asked of the LLM, repeats included
+
+
+def timeline_csv(rows: Sequence[Row]) -> str:
     """The original's `logs`: a header, then `id,timestamp,event` per image."""
     lines = ["id,timestamp,event"]
-    for row in rows:
-        event = " ".join(row["caption"].split())
-        lines.append(f"{row['image_id']},{row['timestamp']},{event}")
+    lines += [f"{row.image_id},{row.timestamp},{row.caption.caption}" for row in rows]
     return "\n".join(lines)
 
 
-def llm_prompt(task: str, logs: str) -> str:
-    return f"{INSTRUCTIONS}\n\nTask: {task}\n\nTimeline:\n{logs}\n"
+def _lines(rows: Sequence[Row]) -> list[str]:
+    """Row n (from 1) as the LLM reads it: short, so a long timeline fits."""
+    days = {row.timestamp[:10] for row in rows}
+    clock = slice(11, 19) if len(days) == 1 else slice(0, 19)
+    return [f"{n},{row.timestamp[clock].replace('T', ' ')},{row.caption.caption}" for n, row in enumerate(rows, 1)]
+
+
+def _prompt(task: str, lines: Sequence[str], question: str, day: str | None) -> str:
+    when = f" All were taken on {day} (UTC)." if day else ""
+    timeline = "\n".join(["row,time,event", *lines])
+    return f"{PREFACE}{when}\n\n{timeline}\n\n{question}\n\nTask: {task}\n"
+
+
+def schema(rows: Sequence[int]) -> dict[str, Any]:
+    """The answer's shape, naming only `rows`."""
+    allowed = sorted(set(rows))
+    if allowed == list(range(allowed[0], allowed[-1] + 1)):
+        row = {"type": "integer", "minimum": allowed[0], "maximum": allowed[-1]}
+    else:
+        row = {"type": "integer", "enum": allowed}
+    moment = {
+        "type": ["object", "null"],
+        "properties": {
+            "row": row,
+            "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
+            "reasoning": {"type": "string", "maxLength": REASONING_CHARS},
+        },
+        "required": ["row", "confidence", "reasoning"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "start": moment,
+            "end": moment,
+            "reasoning": {"type": "string", "maxLength": REASONING_CHARS},
+        },
+        "required": ["start", "end", "reasoning"],
+    }
 
 
 def _bad(why: str) -> PeerUnavailable:
     return PeerUnavailable(f"the LLM's answer does not fit the timeline: {why}", code="bad_model_answer")
 
 
-def _moment(answer: dict, key: str, timeline: dict[str, dict]) -> dict | None:
+def _text(value: Any) -> str:
+    return " ".join(value.split())[:REASONING_CHARS] if isinstance(value, str) else ""
+
+
+def _moment(answer: dict, key: str, allowed: set[int]) -> Moment | None:
     value = answer.get(key)
     if value is None:
         return None
     if not isinstance(value, dict):
         raise _bad(f"{key} is not an object")
-    image_id = value.get("image_id")
-    if image_id not in timeline:
-        raise _bad(f"{key}.image_id {image_id!r} is not in the timeline")
+    row = value.get("row")
+    if isinstance(row, bool) or not isinstance(row, int) or row not in allowed:
+        raise _bad(f"{key}.row {row!r} is not one of the rows asked about")
     confidence = value.get("confidence")
-    if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not 0 <= confidence <= 1:
-        raise _bad(f"{key}.confidence must be a number between 0 and 1")
-    reasoning = value.get("reasoning", "")
-    return {
-        "image_id": image_id,
-        "timestamp": timeline[image_id]["timestamp"],
-        "confidence": float(confidence),
-        "reasoning": reasoning if isinstance(reasoning, str) else "",
-    }
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+        raise _bad(f"{key}.confidence is not a number")
+    # Repaired rather than refused: a percent out of range says no less than one within it.
+    return Moment(row, min(max(float(confidence), 0.0), 100.0) / 100, _text(value.get("reasoning")))
 
 
-def check_answer(answer: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The structured start/end, or PeerUnavailable(bad_model_answer)."""
+def parse(answer: Any, allowed: set[int]) -> Verdict:
+    """The verdict in an answer, or PeerUnavailable(bad_model_answer) saying why not."""
     if not isinstance(answer, dict):
         raise _bad("not a JSON object")
-    timeline = {row["image_id"]: row for row in rows}
-    order = {row["image_id"]: n for n, row in enumerate(rows)}
-    start = _moment(answer, "start", timeline)
-    end = _moment(answer, "end", timeline)
-    if start and end and order[end["image_id"]] < order[start["image_id"]]:
+    start, end = _moment(answer, "start", allowed), _moment(answer, "end", allowed)
+    if start and end and end.row < start.row:
         raise _bad("the end comes before the start")
-    reasoning = answer.get("reasoning", "")
-    return {"start": start, "end": end, "reasoning": reasoning if isinstance(reasoning, str) else ""}
+    return Verdict(start, end, _text(answer.get("reasoning")))
+
+
+class _Asker:
+    """Asks the LLM one question at a time, again when the answer is bad."""
+
+    def __init__(self, engine: OllamaEngine, model: str, task: str, day: str | None):
+        self.engine, self.model, self.task, self.day = engine, model, task, day
+        self.calls = 0
+
+    def prompt(self, lines: Sequence[str], question: str) -> str:
+        return _prompt(self.task, lines, question, self.day)
+
+    async def ask(self, lines: Sequence[str], rows: Sequence[int], question: str) -> Verdict:
+        prompt, allowed = self.prompt(lines, question), set(rows)
+        for attempt in range(1, LLM_TRIES + 1):
+            self.calls += 1
+            answer = await self.engine.complete_json(prompt, schema(rows), model=self.model, options=OPTIONS)
+            try:
+                return parse(answer, allowed)
+            except PeerUnavailable as exc:
+                if attempt == LLM_TRIES:
+                    raise
+                log.warning("%s; asking again", exc.message)
+        raise AssertionError("unreachable")
+
+
+def plan(lines: Sequence[str], room: int, cost) -> list[range]:
+    """Windows of row indexes (0-based) whose lines fit in `room` tokens each,
+    every window after the first repeating the last OVERLAP rows of the one before."""
+    windows: list[range] = []
+    start = 0
+    while start < len(lines):
+        end, used = start, 0
+        while end < len(lines) and used + cost(lines[end]) <= room:
+            used += cost(lines[end])
+            end += 1
+        if end == start:
+            raise BadInput(f"timeline row {start + 1} alone is longer than the LLM's context", code="prompt_too_long")
+        windows.append(range(start, end))
+        if end == len(lines):
+            break
+        start = max(end - OVERLAP, start + 1)
+    return windows
+
+
+async def decide(rows: Sequence[Row], task: str, engine: OllamaEngine, model: str) -> Decision:
+    """When the task started and ended, reading the timeline in as few windows as fit."""
+    days = {row.timestamp[:10] for row in rows}
+    asker = _Asker(engine, model, task, days.pop() if len(days) == 1 else None)
+    lines = _lines(rows)
+    for replan in range(1, REPLANS + 1):
+        try:
+            verdict, windows = await _decide(asker, lines, list(range(1, len(lines) + 1)))
+            return Decision(verdict, windows, asker.calls)
+        except BadInput as exc:
+            # The engine saw a prompt longer than estimated and now estimates larger.
+            if exc.code != "prompt_too_long" or replan == REPLANS:
+                raise
+            log.warning("%s; reading the timeline in smaller windows", exc.message)
+    raise AssertionError("unreachable")
+
+
+async def _decide(asker: _Asker, lines: list[str], numbers: list[int]) -> tuple[Verdict, int]:
+    """The verdict over `lines`, whose rows are numbered `numbers`, and the windows read."""
+    engine, model = asker.engine, asker.model
+    window = await engine.window(model)
+    estimator = engine.tokens[model]
+    widest = WINDOW_QUESTION.format(first=numbers[-1], last=numbers[-1], part=len(lines), parts=len(lines))
+    room = window - ANSWER_TOKENS - estimator.prompt(asker.prompt([], widest))
+    if room <= 0:
+        raise BadInput(f"the task is too long for the LLM's context of {window} tokens", code="prompt_too_long")
+
+    def cost(line: str) -> int:
+        return estimator.text(line + "\n")
+
+    if sum(cost(line) for line in lines) <= room:
+        return await asker.ask(lines, numbers, QUESTION), 1
+
+    windows = plan(lines, room, cost)
+    log.info("the timeline of %d photos is read in %d windows of %d tokens", len(lines), len(windows), window)
+    found: list[Verdict] = []
+    for part, span in enumerate(windows, 1):
+        question = WINDOW_QUESTION.format(
+            first=numbers[span[0]], last=numbers[span[-1]], part=part, parts=len(windows)
+        )
+        found.append(await asker.ask([lines[i] for i in span], [numbers[i] for i in span], question))
+    proposals = [m.row for v in found for m in (v.start, v.end) if m is not None]
+    if not proposals:
+        return Verdict(None, None, "no part of the timeline showed the task"), len(windows)
+    # The proposals and their neighbours, read together (in windows again, should they not fit).
+    index = {number: i for i, number in enumerate(numbers)}
+    near = sorted({i for row in proposals for i in (index[row] - 1, index[row], index[row] + 1) if 0 <= i < len(lines)})
+    final_lines, final_numbers = [lines[i] for i in near], [numbers[i] for i in near]
+    if sum(cost(line) for line in final_lines) <= room:
+        return await asker.ask(final_lines, final_numbers, FINAL_QUESTION), len(windows)
+    if len(near) < len(lines):
+        return (await _decide(asker, final_lines, final_numbers))[0], len(windows)
+    return _earliest_and_latest(found), len(windows)
+
+
+def _earliest_and_latest(found: Sequence[Verdict]) -> Verdict:
+    """The windows' own proposals joined, when no one prompt can hold them all."""
+    starts = [v.start for v in found if v.start is not None]
+    ends = [v.end for v in found if v.end is not None]
+    start = min(starts, key=lambda m: m.row, default=None)
+    end = max(ends, key=lambda m: m.row, default=None)
+    if start and end and end.row < start.row:
+        end = None
+    return Verdict(start, end, "joined from the parts of the timeline: the first start and the last end seen")
+
+
+def task_output(verdict: Verdict, rows: Sequence[Row]) -> dict[str, Any]:
+    """The structured start and end, by image, as jobs report it."""
+
+    def moment(m: Moment | None) -> dict[str, Any] | None:
+        if m is None:
+            return None
+        row = rows[m.row - 1]
+        return {"image_id": row.image_id, "timestamp": row.timestamp, "confidence": m.confidence, "reasoning": m.reasoning}
+
+    return {"start": moment(verdict.start), "end": moment(verdict.end), "reasoning": verdict.reasoning}

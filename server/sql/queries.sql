@@ -127,6 +127,23 @@ WHERE id IN (
 )
 RETURNING id, status;
 
+-- save_caption --
+-- Keep one image's caption for a job; an image changed since is captioned
+-- again and replaces the old one.
+INSERT INTO job_captions (job_id, recipe, image_id, image_updated_at, name, taken_at, caption)
+VALUES (%(job_id)s, %(recipe)s, %(image_id)s, %(image_updated_at)s, %(name)s, %(taken_at)s, %(caption)s)
+ON CONFLICT (job_id, recipe, image_id) DO UPDATE SET
+    image_updated_at = EXCLUDED.image_updated_at,
+    name = EXCLUDED.name,
+    taken_at = EXCLUDED.taken_at,
+    caption = EXCLUDED.caption,
+    created_at = now();
+
+-- job_captions --
+-- The captions a job has made with one recipe.
+SELECT image_id, image_updated_at, name, taken_at, caption FROM job_captions
+WHERE job_id = %(job_id)s AND recipe = %(recipe)s;
+
 -- count_jobs_by_status --
 SELECT status, count(*) AS n FROM jobs GROUP BY status;
 
