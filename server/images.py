@@ -5,11 +5,13 @@
 """
 
 import io
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image, ImageDraw, ImageOps
 
 from server.errors import BadInput
 
@@ -58,6 +60,30 @@ def prepare_image(
         out = io.BytesIO()
         rgb.save(out, "JPEG", quality=JPEG_QUALITY)
     return PreparedImage(jpeg=out.getvalue(), width=rgb.width, height=rgb.height, taken_at=taken_at)
+
+
+def contact_sheet(jpegs: Sequence[bytes], *, max_side: int = MAX_SIDE) -> bytes:
+    """Frames (prepared JPEGs) tiled in one image, in order, left to right and top to
+    bottom, each numbered in its corner: how a model that sees one image sees a batch."""
+    frames = [Image.open(io.BytesIO(data)) for data in jpegs]
+    cols = math.ceil(math.sqrt(len(frames)))
+    rows = math.ceil(len(frames) / cols)
+    tile_w, tile_h = max(f.width for f in frames), max(f.height for f in frames)
+    scale = min(1.0, max_side / (cols * tile_w), max_side / (rows * tile_h))
+    tile_w, tile_h = max(int(tile_w * scale), 1), max(int(tile_h * scale), 1)
+    sheet = Image.new("RGB", (cols * tile_w, rows * tile_h), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for n, frame in enumerate(frames):
+        frame.thumbnail((tile_w, tile_h), Image.Resampling.LANCZOS)
+        x, y = (n % cols) * tile_w, (n // cols) * tile_h
+        sheet.paste(frame.convert("RGB"), (x, y))
+        if tile_w >= 48 and tile_h >= 32:  # a number too small to read would only be noise
+            draw.rectangle((x, y, x + 16, y + 14), fill=(0, 0, 0))
+            draw.text((x + 3, y + 1), str(n + 1), fill=(255, 255, 255))
+        frame.close()
+    out = io.BytesIO()
+    sheet.save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
 
 
 def _usable_as_is(image: Image.Image, max_side: int) -> bool:

@@ -20,9 +20,12 @@ from server import metrics
 from server.coalesce import coalesced
 from server.engine import OllamaEngine
 from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, shown
-from server.images import check_image, prepare_image
+from server.images import check_image, contact_sheet, prepare_image
+from server.model_info import ModelInfo
 
 NO_PROMPT = "No prompt received for image batch"
+# Said before the prompt when a batch reaches the model as one contact sheet.
+TILED = "The image shows {n} frames from a camera, in time order, left to right and top to bottom, numbered. "
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class RealtimeLimits:
     max_failed_answers: int = 3  # answers in a row the model may fail before the stream ends
     flush_after: float = 2.0  # seconds of quiet before queued frames are answered anyway
     image_max_side: int = 1024
+    max_images: int = 0  # images the VLM takes in one request; 0: as its family is known to take
+    single_image: str = "tile"  # a batch for a model that takes fewer: "tile" (one contact sheet) or "newest"
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class Session:
         self._failure: Exception | None = None
         self._notices: list[inference_pb2.Notice] = []
         self._changed = asyncio.Event()
+        self._model: ModelInfo | None = None
 
     # What the client sends.
 
@@ -208,8 +214,11 @@ class Session:
             return
         self.answers_sent += 1
         answer_id = self.answers_sent
-        stream = coalesced(self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options))
         try:
+            images, frame_ids, prompt = await self._fit(images, frame_ids, prompt)
+            stream = coalesced(
+                self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options)
+            )
             async with contextlib.aclosing(stream) as chunks:
                 async for text, done in chunks:
                     chunk = inference_pb2.AnswerChunk(
@@ -226,3 +235,21 @@ class Session:
             yield inference_pb2.InferResponse(notice=inference_pb2.Notice(message=note, frame_ids=frame_ids))
             return
         self._failures = 0
+
+    async def _fit(self, images: list[bytes], frame_ids: list[str], prompt: str) -> tuple[list[bytes], list[str], str]:
+        """The batch as the model can take it: as it is, or, for a model that sees
+        fewer images than the batch holds (moondream sees one) or whose context
+        cannot hold them all, tiled into one contact sheet or cut to the newest frame."""
+        if self._model is None:
+            self._model = await self.engine.describe(self.settings.model)
+        per_request = self.limits.max_images or (None if self._model.several_images else 1)
+        takes_all = per_request is None or len(images) <= per_request
+        if takes_all and len(images) > 1:
+            limit = self.settings.options.get("num_predict")
+            takes_all = await self.engine.fits(self._model.name, prompt, len(images), answer_tokens=limit)
+        if takes_all:
+            return images, frame_ids, prompt
+        if self.limits.single_image == "newest":
+            return images[-1:], frame_ids[-1:], prompt
+        sheet = await asyncio.to_thread(contact_sheet, images, max_side=self.limits.image_max_side)
+        return [sheet], frame_ids, TILED.format(n=len(images)) + prompt

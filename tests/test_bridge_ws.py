@@ -21,8 +21,11 @@ NO_PROMPT = "No prompt received for image batch"
 
 @pytest.fixture
 async def ws_url(settings):
-    """A node answering batches of 2 images, and its bridge's WebSocket URL."""
-    settings = dataclasses.replace(settings, image_batch_size=2, realtime_max_frame_bytes=200_000)
+    """A node answering batches of 2 images, and its bridge's WebSocket URL. Its VLM sees
+    several images, so an answer names each (moondream's contact sheet: test_inference)."""
+    settings = dataclasses.replace(
+        settings, image_batch_size=2, realtime_max_frame_bytes=200_000, vlm_model="gemma3:4b"
+    )
     node = NodeServer(settings)
     await node.start()
     async with running_bridge(f"127.0.0.1:{node.port}", settings) as base:

@@ -9,6 +9,7 @@ import pytest
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 from server.grpc_server import NodeServer
+from server.realtime import TILED
 from tests.conftest import wait_for
 from tests.images import solid_jpeg
 
@@ -65,20 +66,57 @@ async def expect_status(call, code: grpc.StatusCode, match: str):
     assert match in info.value.details()
 
 
-async def test_a_full_batch_is_answered(infer_node, fake_ollama):
+async def test_a_batch_reaches_a_one_image_model_as_one_contact_sheet(infer_node, fake_ollama):
     stub = await infer_node()
     call = stub.Infer()
     await call.write(config(prompt="What colours?", batch_size=2))
     await call.write(frame("red"))
     await call.write(frame("blue"))
     text, last = await read_answer(call)
-    assert text == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
+    # moondream sees one image: the two frames side by side, not the last one alone.
+    assert text.startswith("a 128x48 image")
     assert list(last.frame_ids) == ["red", "blue"] and last.answer_id == 1 and last.frames_dropped == 0
     [request] = [r for r in fake_ollama.requests if r["images"]]
-    assert request["images"] == 2 and request["model"] == "moondream:1.8b"
+    assert request["images"] == 1 and request["model"] == "moondream:1.8b"
+    assert request["prompt"] == TILED.format(n=2) + "What colours?"
     await call.done_writing()
     assert await call.read() is grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_model_that_sees_several_images_gets_the_whole_batch(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colours?", batch_size=2, model="gemma3:4b"))
+    await call.write(frame("red"))
+    await call.write(frame("blue"))
+    text, last = await read_answer(call)
+    assert text == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
+    [request] = [r for r in fake_ollama.requests if r["images"]]
+    assert request["images"] == 2 and request["prompt"] == "What colours?"
+    call.cancel()
+
+
+async def test_the_newest_frame_policy_answers_about_the_last_frame(infer_node, fake_ollama):
+    stub = await infer_node(realtime_single_image="newest")
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=3))
+    for colour in ("red", "green", "blue"):
+        await call.write(frame(colour))
+    text, last = await read_answer(call)
+    assert text == "a 64x48 image, mostly blue" and list(last.frame_ids) == ["blue"]
+    [request] = [r for r in fake_ollama.requests if r["images"]]
+    assert request["images"] == 1 and request["prompt"] == "What colour?"
+    call.cancel()
+
+
+async def test_a_model_that_cannot_see_is_refused(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1, model="llama3:latest"))
+    await call.write(frame("red"))
+    await expect_status(call, grpc.StatusCode.FAILED_PRECONDITION, "'llama3:latest' cannot see images")
+    assert not [r for r in fake_ollama.requests if r["images"]]
 
 
 async def test_answers_stream_in_chunks(infer_node, fake_ollama):
@@ -98,12 +136,12 @@ async def test_answers_stream_in_chunks(infer_node, fake_ollama):
 async def test_num_predict_and_model_reach_ollama(infer_node, fake_ollama):
     stub = await infer_node()
     call = stub.Infer()
-    await call.write(config(prompt="Describe", batch_size=1, num_predict=2, temperature=0.1, model="llama3:latest"))
+    await call.write(config(prompt="Describe", batch_size=1, num_predict=2, temperature=0.1, model="gemma3:4b"))
     await call.write(frame("red"))
     text, _ = await read_answer(call)
     assert len(text.split()) == 2
     [request] = [r for r in fake_ollama.requests if r["images"]]
-    assert request["options"]["num_predict"] == 2 and request["model"] == "llama3:latest"
+    assert request["options"]["num_predict"] == 2 and request["model"] == "gemma3:4b"
     assert request["options"]["temperature"] == pytest.approx(0.1)
     call.cancel()
 

@@ -5,6 +5,7 @@ The node serves gRPC in the test's event loop, so the blocking Client runs
 in a thread and the command in a subprocess while the loop keeps serving."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -35,6 +36,13 @@ from vlmnode import (
 
 TIMING_INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
 COLOURS = ["red", "blue", "green", "yellow"]
+
+
+@pytest.fixture
+def settings(settings):
+    """A VLM that sees several images, so a batch's answer names each frame (moondream's
+    one contact sheet is tested in test_inference)."""
+    return dataclasses.replace(settings, vlm_model="gemma3:4b")
 
 
 @pytest.fixture
@@ -188,10 +196,10 @@ async def test_infer_from_a_camera(client, fake_ollama):
             yield solid_jpeg(colour)
             await asyncio.sleep(0.01)
 
-    got = await answers(client.infer(camera(), "What colour?", batch_size=1, num_predict=3, model="llama3:latest"))
+    got = await answers(client.infer(camera(), "What colour?", batch_size=1, num_predict=3, model="moondream:1.8b"))
     assert [last.frame_ids for _, last in got] == [["1"], ["2"]]
     assert all(len(text.split()) == 3 for text, _ in got)
-    assert {r["model"] for r in fake_ollama.requests if r["images"]} == {"llama3:latest"}
+    assert {r["model"] for r in fake_ollama.requests if r["images"]} == {"moondream:1.8b"}
 
     stamped = Frame(solid_jpeg("red"), id="cam-7", captured_at=datetime(2025, 8, 10, 16, 40, tzinfo=timezone.utc))
     [(text, last)] = await answers(client.infer([stamped], "What colour?", batch_size=1))
