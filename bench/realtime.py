@@ -107,12 +107,12 @@ async def node_beside_fake_ollama(store_url: str, streams: int, token_delay: flo
         "OLLAMA_HOST": f"http://127.0.0.1:{ollama_port}",
         "GRPC_PORT": str(grpc_port),
         "HTTP_PORT": str(http_port),
-        "OLLAMA_CONCURRENCY": str(streams + 4),
+        "OLLAMA_NUM_PARALLEL": str(streams + 4),  # as many slots as the fake has: no stream waits for one
         "IMAGE_BATCH_SIZE": "1",  # the WebSocket's batch: one frame, one answer
         "LOG_LEVEL": "WARNING",
     }
     fake = [sys.executable, "-m", "tests.peers.fake_ollama", "--port", str(ollama_port),
-            "--token-delay", str(token_delay)]
+            "--token-delay", str(token_delay), "--num-parallel", str(streams + 4)]
     procs = [
         subprocess.Popen(fake, stdout=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, "-m", "server.main"], env=env),

@@ -36,7 +36,7 @@ from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from bench.database import fresh_store, percentile
 from bench.ports import free_port, wait_port
-from server.domain import DomainClient
+from server.domain import DomainClient, images_only
 from server.store import JobStore
 from tests.images import solid_jpeg
 from tests.peers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_EMAIL, DEMO_PASSWORD
@@ -131,6 +131,10 @@ class Node:
                     str(a.ollama_latency),
                     "--fail-rate",
                     str(a.fail_rate),
+                    # Slots for every stream and every worker's jobs, as a llama-server -np or vLLM
+                    # would have; the node's processes are told their share (OLLAMA_NUM_PARALLEL).
+                    "--num-parallel",
+                    str(a.streams + 16 + a.workers * a.worker_jobs),
                 ],
                 self.ports["ollama"],
             ),
@@ -154,7 +158,7 @@ class Node:
             "server",
             ["-m", "server.main"],
             self.ports["grpc"],
-            {**self.base_env, "OLLAMA_CONCURRENCY": str(a.streams + 16)},
+            {**self.base_env, "OLLAMA_NUM_PARALLEL": str(a.streams + 16)},
         )
         await wait_port(server.port, server.popen)  # migrations done before the workers start
         bridge = self._start("bridge", ["-m", "server.bridge.main"], self.ports["http"])
@@ -164,7 +168,7 @@ class Node:
             env = {
                 **self.base_env,
                 "WORKER_JOBS": str(a.worker_jobs),
-                "OLLAMA_CONCURRENCY": str(a.worker_jobs),
+                "OLLAMA_NUM_PARALLEL": str(a.worker_jobs),
                 "WORKER_HEALTH_PORT": str(port),
             }
             workers.append(self._start(f"worker-{n + 1}", ["-m", "worker.main"], port, env))
@@ -270,7 +274,7 @@ async def image_ids(node: Node) -> list[str]:
         env["API_URL"], env["DDS_URL"], client_id="vlm-node-soak", email=DEMO_EMAIL, password=DEMO_PASSWORD
     ) as domain:
         items = await domain.list_items(DEMO_DOMAIN_ID, {"ids": []})
-    return sorted(i.id for i in items)
+    return sorted(i.id for i in images_only(items))  # the demo domain holds a log and a manifest too
 
 
 async def wait_jobs(store: JobStore, total: int, deadline: float, progress) -> dict[str, int]:

@@ -47,7 +47,6 @@ from server.errors import BadInput, PeerRefused, PeerUnavailable, shown
 __all__ = [
     "BATCH_SIZE",
     "FORBIDDEN_CHARS",
-    "IMAGE_TYPES",
     "DataItem",
     "DomainClient",
     "DomainQuery",
@@ -63,7 +62,6 @@ BATCH_SIZE = 100  # ids per request
 MAX_IDS = 10_000
 MAX_FILTER_LEN = 256
 FORBIDDEN_CHARS = frozenset(';!?<>[]{}()/\\"$#@*^&|~%=+')
-IMAGE_TYPES = frozenset({"jpg", "jpeg", "png"})
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024
 TOKEN_MARGIN = 60.0  # seconds before exp a token is renewed (REFRESH_CACHE_TIME in posemesh's auth.rs)
 MAX_PREAMBLE_BYTES = 16 * 1024  # what a multipart body may hold before its first boundary

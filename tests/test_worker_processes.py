@@ -11,6 +11,12 @@ from server.store import JobStore
 from tests.conftest import start_worker, wait_for
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
+from worker.captions import recipe
+
+
+async def _at_least(n: int, captions):
+    found = await captions
+    return found if len(found) >= n else None
 
 
 async def test_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
@@ -26,15 +32,22 @@ async def test_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
         return current.status == jobs_pb2.JOB_STATUS_RUNNING and fake_ollama.in_flight > 0 and current
 
     held = await wait_for(captioning)
+    store = JobStore(settings.postgres_url, max_size=1)
+    await store.open()
+    made_with = recipe(settings.vlm_model, INPUT["vlm_prompt"], max_tokens=settings.caption_max_tokens,
+                       max_side=settings.image_max_side)
+    kept = await wait_for(lambda: _at_least(2, store.captions(uuid.UUID(job.id), made_with)))
     first.send_signal(signal.SIGKILL)
     first.wait(5)
     processes.append(start_worker(settings, JOB_LEASE=1))
     done = await wait_final(jobs, job.id, timeout=30)
+    # The second worker took up the captions the first had kept: of the six
+    # photos, at most the one in hand when it died was captioned twice.
+    captioned = [r for r in fake_ollama.requests if r["images"]]
+    assert 6 <= len(captioned) <= 6 + 1 and len(kept) >= 2
 
     assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
     assert done.attempts == 2 and done.worker_id == ""
-    store = JobStore(settings.postgres_url, max_size=1)
-    await store.open()
     events = await store.job_events(uuid.UUID(job.id))
     await store.close()
     statuses = [e["status"] for e in events]
