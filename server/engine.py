@@ -44,7 +44,7 @@ from server import metrics
 from server.errors import BadInput, NodeError, PeerRefused, PeerUnavailable
 from server.model_info import ModelInfo
 from server.retry import RetryStrategy
-from server.tokens import TokenEstimator
+from server.tokens import TokenEstimator, looks_cut
 
 DEFAULT_TIMEOUT = 120.0  # seconds of silence: per network step (connect, each read), not per whole answer
 DEFAULT_DEADLINE = 600.0  # seconds a whole answer may take
@@ -320,7 +320,16 @@ class OllamaEngine:
                 async with contextlib.aclosing(parts):
                     async for part in parts:
                         if part.done:
-                            estimator.observe(prompt, len(images), part.prompt_eval_count or 0, window=window)
+                            counted = part.prompt_eval_count or 0
+                            if not images and need >= window // 2 and looks_cut(counted, window):
+                                # Ollama read no more of it than a cut leaves: longer than estimated.
+                                estimator.overflowed(0)
+                                raise BadInput(
+                                    f"Ollama at {self.host} cut a prompt for {model} to {counted} tokens: it was "
+                                    f"longer than the {need} estimated",
+                                    code="prompt_too_long",
+                                )
+                            estimator.observe(prompt, len(images), counted, window=window)
                             yield part
                             return
                         if time.monotonic() > deadline:

@@ -18,6 +18,7 @@ SAFETY = 1.1  # measured ratios are trusted to within this factor
 OBSERVATIONS = 32  # recent answers a model's ratios are taken from
 MIN_TEXT_BYTES = 400  # shorter prompts are mostly template: they say little about the ratio
 CUT_SLACK = 8  # tokens either side of a truncation limit where a count may be a cut prompt
+MAX_KEEP = 128  # the largest num_keep a model's Modelfile is taken to set
 
 
 @dataclass
@@ -41,7 +42,7 @@ class TokenEstimator:
         A count at a truncation limit may be a cut prompt, not a real length,
         and is ignored: believing it would make the estimates kinder.
         """
-        if prompt_tokens <= 0 or _maybe_cut(prompt_tokens, window):
+        if prompt_tokens <= 0 or looks_cut(prompt_tokens, window):
             return
         size = len(text.encode())
         if images:
@@ -61,8 +62,11 @@ class TokenEstimator:
             self.bytes_per_token /= 1.25
 
 
-def _maybe_cut(count: int, window: int) -> bool:
-    # Ollama v0.32 cuts an overlong prompt to about half the window
-    # (llm/llama_server.go, contextShiftPromptLimit); older runners cut it to
-    # the window itself (v0.11 runner/llamarunner/runner.go).
-    return count >= window - CUT_SLACK or abs(count - window // 2) <= CUT_SLACK
+def looks_cut(count: int, window: int) -> bool:
+    """Whether a prompt Ollama counted `count` tokens may have been cut to fit `window`."""
+    # Ollama v0.32 cuts an overlong prompt to window - (window - keep) // 2
+    # tokens, keep being the model's num_keep and a BOS (llm/llama_server.go,
+    # contextShiftPromptLimit); older runners cut it to the window itself
+    # (v0.11 runner/llamarunner/runner.go).
+    half = window - window // 2
+    return count >= window - CUT_SLACK or half - CUT_SLACK <= count <= half + MAX_KEEP // 2 + CUT_SLACK

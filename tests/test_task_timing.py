@@ -2,8 +2,11 @@
 engine against the strict fake Ollama: a context window of 4096 tokens, front
 truncation, schemas honoured only as far as a grammar enforces them."""
 
+import dataclasses
+import json
 from datetime import datetime, timedelta, timezone
 
+import ollama
 import pytest
 
 from server.engine import OllamaEngine
@@ -117,15 +120,29 @@ async def test_a_timeline_over_the_context_is_read_in_windows_and_the_task_is_fo
 
 
 async def test_the_same_timeline_in_one_prompt_would_have_lost_the_task(fake):
-    """What the node used to do: instructions and task first, then the whole timeline."""
+    """What the node used to do: instructions and task first, then the whole timeline, not streamed."""
     rows = rows_of(planted(400, 230, 262))
     lines = "\n".join(f"{r.image_id},{r.timestamp},{r.caption.caption}" for r in rows)
-    async with OllamaEngine(fake.url, vlm_model="moondream:1.8b", llm_model=LLM, llm_num_ctx=4096) as engine:
-        engine.tokens[LLM].bytes_per_token = 100  # an estimate as kind as none: send it whole
-        answer = await engine.complete_json(f"Task: {TASK}\n\nid,timestamp,event\n{lines}\n", schema([1, 400]))
+    async with ollama.AsyncClient(fake.url) as client:
+        answer = await client.generate(LLM, f"Task: {TASK}\n\nid,timestamp,event\n{lines}\n", stream=False,
+                                       format=schema([1, 400]))
     [request] = fake.requests
-    assert request["truncated"]
-    assert answer["start"] is None or answer["start"]["row"] != 231  # silently wrong
+    assert request["truncated"] and request["num_ctx"] == 4096  # Ollama's default: no num_ctx was asked
+    start = json.loads(answer.response)["start"]
+    assert start is None or start["row"] != 231  # silently wrong
+
+
+async def test_a_prompt_longer_than_estimated_is_caught_and_read_again_in_smaller_windows(engine, fake):
+    """Captions that take far more tokens than bytes suggest (a run of dashes is a token each here)."""
+    rows = rows_of(planted(120, 60, 70))
+    rows = [Row(dataclasses.replace(r.caption, caption=r.caption.caption + " " + "-" * 60)) for r in rows]
+    decision = await decide(rows, TASK, engine, LLM)
+    task = task_output(decision.verdict, rows)
+    assert task["start"]["image_id"] == "img-0060" and task["end"]["image_id"] == "img-0070"
+    cut = [r for r in fake.requests if r["truncated"]]
+    assert cut, "the first estimate should have been too kind"
+    # The answer to a cut prompt was not believed: the last questions were all read whole.
+    assert not fake.requests[-1]["truncated"]
 
 
 async def test_tasks_under_way_at_either_end_of_a_long_timeline(engine):

@@ -41,7 +41,7 @@ QUESTION = (
     "or null when it is not seen; and an overall `reasoning`."
 )
 WINDOW_QUESTION = (
-    "These are rows {first} to {last} of a longer timeline (part {part} of {parts}). Say where within these rows "
+    "These are rows {first} to {last} of a longer timeline of {total} rows. Say where within these rows "
     "the task described below starts and where it ends: `start` and `end`, each with the photo's `row`, your "
     "`confidence` from 0 to 100 and a short `reasoning`, or null when that moment is not in these rows; and an "
     "overall `reasoning`."
@@ -178,23 +178,15 @@ class _Asker:
         raise AssertionError("unreachable")
 
 
-def plan(lines: Sequence[str], room: int, cost) -> list[range]:
-    """Windows of row indexes (0-based) whose lines fit in `room` tokens each,
-    every window after the first repeating the last OVERLAP rows of the one before."""
-    windows: list[range] = []
-    start = 0
-    while start < len(lines):
-        end, used = start, 0
-        while end < len(lines) and used + cost(lines[end]) <= room:
-            used += cost(lines[end])
-            end += 1
-        if end == start:
-            raise BadInput(f"timeline row {start + 1} alone is longer than the LLM's context", code="prompt_too_long")
-        windows.append(range(start, end))
-        if end == len(lines):
-            break
-        start = max(end - OVERLAP, start + 1)
-    return windows
+def _span(lines: Sequence[str], start: int, room: int, cost) -> range:
+    """The rows from `start` whose lines fit in `room` tokens."""
+    end, used = start, 0
+    while end < len(lines) and used + cost(lines[end]) <= room:
+        used += cost(lines[end])
+        end += 1
+    if end == start:
+        raise BadInput(f"timeline row {start + 1} alone is longer than the LLM's context", code="prompt_too_long")
+    return range(start, end)
 
 
 async def decide(rows: Sequence[Row], task: str, engine: OllamaEngine, model: str) -> Decision:
@@ -219,37 +211,39 @@ async def _decide(asker: _Asker, lines: list[str], numbers: list[int]) -> tuple[
     engine, model = asker.engine, asker.model
     window = await engine.window(model)
     estimator = engine.tokens[model]
-    widest = WINDOW_QUESTION.format(first=numbers[-1], last=numbers[-1], part=len(lines), parts=len(lines))
-    room = window - ANSWER_TOKENS - estimator.prompt(asker.prompt([], widest))
-    if room <= 0:
-        raise BadInput(f"the task is too long for the LLM's context of {window} tokens", code="prompt_too_long")
+    widest = WINDOW_QUESTION.format(first=numbers[-1], last=numbers[-1], total=numbers[-1])
+
+    def room() -> int:  # read again before each question: each answer sharpens the estimates
+        left = window - ANSWER_TOKENS - estimator.prompt(asker.prompt([], widest))
+        if left <= 0:
+            raise BadInput(f"the task is too long for the LLM's context of {window} tokens", code="prompt_too_long")
+        return left
 
     def cost(line: str) -> int:
         return estimator.text(line + "\n")
 
-    if sum(cost(line) for line in lines) <= room:
+    if sum(cost(line) for line in lines) <= room():
         return await asker.ask(lines, numbers, QUESTION), 1
 
-    windows = plan(lines, room, cost)
-    log.info("the timeline of %d photos is read in %d windows of %d tokens", len(lines), len(windows), window)
     found: list[Verdict] = []
-    for part, span in enumerate(windows, 1):
-        question = WINDOW_QUESTION.format(
-            first=numbers[span[0]], last=numbers[span[-1]], part=part, parts=len(windows)
-        )
+    span = range(0)
+    while span.stop < len(lines):
+        span = _span(lines, max(span.stop - OVERLAP, span.start + 1) if span else 0, room(), cost)
+        question = WINDOW_QUESTION.format(first=numbers[span[0]], last=numbers[span[-1]], total=numbers[-1])
         found.append(await asker.ask([lines[i] for i in span], [numbers[i] for i in span], question))
+    log.info("the timeline of %d photos was read in %d windows of %d tokens", len(lines), len(found), window)
     proposals = [m.row for v in found for m in (v.start, v.end) if m is not None]
     if not proposals:
-        return Verdict(None, None, "no part of the timeline showed the task"), len(windows)
+        return Verdict(None, None, "no part of the timeline showed the task"), len(found)
     # The proposals and their neighbours, read together (in windows again, should they not fit).
     index = {number: i for i, number in enumerate(numbers)}
     near = sorted({i for row in proposals for i in (index[row] - 1, index[row], index[row] + 1) if 0 <= i < len(lines)})
     final_lines, final_numbers = [lines[i] for i in near], [numbers[i] for i in near]
-    if sum(cost(line) for line in final_lines) <= room:
-        return await asker.ask(final_lines, final_numbers, FINAL_QUESTION), len(windows)
+    if sum(cost(line) for line in final_lines) <= room():
+        return await asker.ask(final_lines, final_numbers, FINAL_QUESTION), len(found)
     if len(near) < len(lines):
-        return (await _decide(asker, final_lines, final_numbers))[0], len(windows)
-    return _earliest_and_latest(found), len(windows)
+        return (await _decide(asker, final_lines, final_numbers))[0], len(found)
+    return _earliest_and_latest(found), len(found)
 
 
 def _earliest_and_latest(found: Sequence[Verdict]) -> Verdict:
