@@ -132,11 +132,13 @@ class NodeServer:
 async def serve(settings: Settings) -> None:
     node = NodeServer(settings)
     await node.start()
-    await check_ollama(node.engine, "vlm-node-server")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: draining calls for up to %.0f s", SHUTDOWN_GRACE)
-    await node.stop()
+    try:
+        await check_ollama(node.engine, "vlm-node-server")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining calls for up to %.0f s", SHUTDOWN_GRACE)
+    finally:
+        await node.stop()

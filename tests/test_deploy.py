@@ -317,3 +317,20 @@ def test_compose_passes_tokens_and_tls_to_the_api_only(check):
         assert "METRICS_PORT" in " ".join(services["server"]["healthcheck"]["test"])
         assert "WORKER_HEALTH_PORT" in " ".join(services["worker"]["healthcheck"]["test"])
         assert "https" in " ".join(services["bridge"]["healthcheck"]["test"])
+
+
+def test_ollama_and_the_node_agree_on_its_slots(check):
+    """Ollama answers OLLAMA_NUM_PARALLEL requests per model; the node must send no more."""
+    for name in ("helm-default", "helm-full"):
+        docs = render(check, name)
+        ollama = containers(find(docs, "Deployment", "-ollama"))["ollama"]
+        assert ollama["image"].endswith(":0.32.15"), "the release the fakes are modelled on"
+        assert env_values(ollama)["OLLAMA_NUM_PARALLEL"] == find(docs, "ConfigMap")["data"]["OLLAMA_NUM_PARALLEL"]
+    compose = render(check, "compose")[0]["services"]
+    dotenv = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if "=" in line
+                  and not line.startswith("#"))
+    for service in ("ollama", "ollama-gpu"):
+        assert compose[service]["environment"]["OLLAMA_NUM_PARALLEL"] == dotenv["OLLAMA_NUM_PARALLEL"]
+        assert compose[service]["image"] == "ollama/ollama:0.32.15"
+    for service in ("server", "worker"):  # the node's processes read it from .env
+        assert compose[service]["environment"]["OLLAMA_NUM_PARALLEL"] == dotenv["OLLAMA_NUM_PARALLEL"]

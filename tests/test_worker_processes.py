@@ -3,12 +3,14 @@ several sharing one queue."""
 
 import asyncio
 import signal
+import subprocess
+import sys
 import uuid
 
 from vlmnode.v1 import jobs_pb2
 
 from server.store import JobStore
-from tests.conftest import start_worker, wait_for
+from tests.conftest import settings_env, start_worker, wait_for
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
 from worker.captions import recipe
@@ -82,3 +84,15 @@ async def test_two_workers_share_the_queue_without_doubling(settings, jobs, proc
     finished = [await wait_final(jobs, job_id, timeout=40) for job_id in ids]
     assert all(j.status == jobs_pb2.JOB_STATUS_COMPLETED for j in finished)
     assert all(j.attempts == 1 for j in finished)
+
+
+async def test_a_vlm_that_cannot_see_stops_the_worker_with_one_line(settings, processes):
+    worker = subprocess.Popen([sys.executable, "-m", "worker.main"], stderr=subprocess.PIPE,
+                              env=settings_env(settings, VLM_MODEL="llama3:latest"))
+    processes.append(worker)
+    _, stderr = await asyncio.to_thread(worker.communicate, None, 30)
+    said = stderr.decode()
+    assert worker.returncode == 1 and "Traceback" not in said
+    assert said.strip().splitlines()[-1].startswith(
+        "vlm-node-worker: VLM_MODEL llama3:latest cannot see images: Ollama at "
+    )

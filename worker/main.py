@@ -16,22 +16,24 @@ async def _run(settings: Settings) -> None:
     store = JobStore(settings.postgres_url, max_size=4)
     await store.open()
     peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
-    await check_ollama(peers.engine, "vlm-node-worker")
-    worker = Worker(store, peers)
-
-    async def health() -> dict:
-        await store.ping()
-        return {"worker": worker.id, "jobs_running": len(worker.running)}
-
-    ops = OpsServer(settings.http_host, settings.worker_health_port, health)
-    ops.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
     try:
-        await worker.run()
+        await check_ollama(peers.engine, "vlm-node-worker")
+        worker = Worker(store, peers)
+
+        async def health() -> dict:
+            await store.ping()
+            return {"worker": worker.id, "jobs_running": len(worker.running)}
+
+        ops = OpsServer(settings.http_host, settings.worker_health_port, health)
+        ops.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        try:
+            await worker.run()
+        finally:
+            await ops.stop()
     finally:
-        await ops.stop()
         await peers.engine.aclose()
         if peers.domain is not None:
             await peers.domain.aclose()
