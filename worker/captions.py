@@ -112,7 +112,9 @@ async def caption_images(ctx: CaptionContext, peers, prompt: str) -> tuple[list[
                 skipped.append(_skip(item, exc.message))
                 return
             text = await peers.engine.caption(prepared.jpeg, prompt, options=options)
-        made = Caption(item.id, item.updated_at, item.name, capture_time(item, prepared.taken_at), " ".join(text.split()))
+        # One line (a timeline row), without the NULs PostgreSQL cannot store.
+        caption = " ".join(text.replace("\x00", "").split())
+        made = Caption(item.id, item.updated_at, item.name, capture_time(item, prepared.taken_at), caption)
         await ctx.save_caption(made_with, made)
         done[item.id] = made
 
