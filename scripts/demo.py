@@ -76,6 +76,8 @@ def main() -> None:
             "DDS_URL": posemesh.dds_url,
             "POSEMESH_EMAIL": posemesh.email,
             "POSEMESH_PASSWORD": posemesh.password,
+            # The demo's webhook receiver is on this machine, where webhooks are refused by default.
+            "WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",
         }
         print(f"fake Ollama on {ollama.url}, fake posemesh on {posemesh.base_url}, webhook receiver on {webhook.url}")
         node = subprocess.Popen([sys.executable, "-m", "server.node"], env=env)

@@ -36,7 +36,7 @@ async def test_create_get_list(jobs):
     job = (await jobs.CreateJob(create_request())).job
     assert job.status == jobs_pb2.JOB_STATUS_PENDING and job.job_type == "task_timing_v1"
     assert dict(job.input) == INPUT and list(job.query["ids"]) == []
-    assert job.created_at.seconds > 0 and job.max_attempts == 5
+    assert job.created_at.seconds > 0 and job.max_attempts == 100
     got = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job
     assert got == job
     listed = (await jobs.ListJobs(jobs_pb2.ListJobsRequest())).jobs

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -111,7 +112,8 @@ async def answers(stream) -> list[tuple[str, AnswerChunk]]:
 async def test_create_get_list_cancel_retry(client):
     job = await client.create_job("task_timing_v1", DOMAIN_ID, input=TIMING_INPUT)
     assert isinstance(job, Job) and job.status == "pending" and not job.finished
-    assert job.input == TIMING_INPUT and job.query == {"ids": []} and job.max_attempts == 5
+    assert job.input == TIMING_INPUT and job.query == {"ids": []} and job.max_attempts == 100
+    assert uuid.UUID(job.idempotency_key)  # every create carries a key, a new one unless given
     assert isinstance(job.created_at, datetime) and job.created_at.tzinfo == timezone.utc
     assert await client.get_job(job.id) == job
 
@@ -333,7 +335,7 @@ async def test_cli_jobs(target, worker, fake_ollama):
     assert code == 0, err
     job_id = out.splitlines()[0].split()[-1]
     # stderr is not a terminal here: one line per change of status.
-    assert f"job {job_id}: running (attempt 1 of 5)" in err.splitlines()
+    assert f"job {job_id}: running (attempt 1)" in err.splitlines()
     assert err.splitlines()[-1] == f"job {job_id}: completed"
     assert f"id:       {job_id}" in out and "status:   completed" in out and "mostly red" in out
 
@@ -343,7 +345,7 @@ async def test_cli_jobs(target, worker, fake_ollama):
     code, out, _ = await vlmnode("--target", target, "jobs", "list")
     header, row = out.splitlines()
     assert header.split() == ["ID", "STATUS", "TYPE", "CREATED", "(UTC)", "ATTEMPTS"]
-    assert row.split()[:3] == [job_id, "completed", "vlm_only"] and row.split()[-1] == "1/5"
+    assert row.split()[:3] == [job_id, "completed", "vlm_only"] and row.split()[-1] == "1/100"
 
     code, out, _ = await vlmnode("--target", target, "--json", "jobs", "get", job_id)
     got = json.loads(out)
@@ -433,3 +435,120 @@ async def test_cli_errors(target, closed_port, tmp_path):
         assert want_err in err, (args, err)
         if not err.startswith("usage:"):  # argparse's errors come with the usage
             assert err.splitlines()[-1].startswith("vlmnode: "), (args, err)  # one line, never a trace
+
+
+# Creates that the caller gave up on make one job, never two.
+
+CREATE_JOB = "/vlmnode.v1.JobService/CreateJob"
+
+
+class LosingProxy:
+    """A gRPC server in front of the node that passes CreateJob on, and loses
+    the node's answer to the first `lose` of them as a bad network would: the
+    job is made, the caller hears nothing before its deadline (`how` =
+    "late") or hears the connection go (`how` = "reset"). Keeps the
+    idempotency key of every create it passed on."""
+
+    def __init__(self, node_target: str, *, lose: int, how: str):
+        self.node_target, self.lose, self.how = node_target, lose, how
+        self.keys: list[str] = []
+
+    async def __aenter__(self):
+        self.channel = grpc.aio.insecure_channel(self.node_target)
+        forward = self.channel.unary_unary(CREATE_JOB)  # bytes in, bytes out
+        self.server = grpc.aio.server()
+
+        async def create(request: bytes, context) -> bytes:
+            self.keys.append(jobs_pb2.CreateJobRequest.FromString(request).idempotency_key)
+            try:
+                answer = await forward(request, timeout=10)
+            except grpc.aio.AioRpcError as exc:  # the node's own refusal, passed on
+                await context.abort(exc.code(), exc.details())
+            if self.lose > 0:
+                self.lose -= 1
+                if self.how == "reset":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+                await asyncio.sleep(context.time_remaining() + 1)  # the caller's deadline passes first
+            return answer
+
+        handler = grpc.unary_unary_rpc_method_handler(create)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("vlmnode.v1.JobService", {"CreateJob": handler}),)
+        )
+        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.server.stop(0)
+        await self.channel.close()
+
+
+async def test_a_create_whose_answer_was_lost_is_sent_again_with_its_key(target, client):
+    async with LosingProxy(target, lose=1, how="late") as proxy, AsyncClient(proxy.target, timeout=1) as flaky:
+        job = await flaky.create_job("vlm_only", DOMAIN_ID, input={"vlm_prompt": "What colour?"})
+    assert len(proxy.keys) == 2 and proxy.keys[0] == proxy.keys[1] == job.idempotency_key
+    assert uuid.UUID(job.idempotency_key)
+    assert [j.id for j in await client.list_jobs()] == [job.id]  # the node made it once
+
+
+async def test_the_blocking_client_resends_a_create_with_its_key_too(target, client):
+    async with LosingProxy(target, lose=2, how="reset") as proxy:
+        def create() -> Job:
+            with Client(proxy.target, timeout=5) as node:
+                return node.create_job("vlm_only", DOMAIN_ID, input={"vlm_prompt": "hi"}, idempotency_key="order-17")
+
+        job = await asyncio.wait_for(asyncio.to_thread(create), 20)
+    assert proxy.keys == ["order-17"] * 3 and job.idempotency_key == "order-17"
+    assert [j.id for j in await client.list_jobs()] == [job.id]
+
+
+async def test_a_create_lost_every_time_fails_after_three_tries(target, client):
+    async with LosingProxy(target, lose=5, how="reset") as proxy, AsyncClient(proxy.target) as flaky:
+        with pytest.raises(UnavailableError, match=r"\(tried 3 times\)$"):
+            await flaky.create_job("vlm_only", DOMAIN_ID, input={"vlm_prompt": "hi"})
+    assert len(proxy.keys) == 3 and len(set(proxy.keys)) == 1
+    assert len(await client.list_jobs()) == 1  # made by the first try; the others found it
+    with pytest.raises(InvalidArgumentError):  # what the node refuses is not sent again
+        async with LosingProxy(target, lose=0, how="reset") as proxy, AsyncClient(proxy.target) as c:
+            await c.create_job("task_timing_v9", DOMAIN_ID, input=TIMING_INPUT)
+    assert len(proxy.keys) == 1
+
+
+async def test_creates_given_up_on_then_retried_make_one_job_each(target, client):
+    """A 1 ms deadline: the caller sees DEADLINE_EXCEEDED though the node may
+    have made the job. Trying again with the same key gets that job."""
+    keys = [f"tiny-deadline-{n}" for n in range(20)]
+
+    async def create(key: str, timeout: float | None) -> Job | None:
+        try:
+            return await client.create_job("vlm_only", DOMAIN_ID, input={"vlm_prompt": "hi"}, idempotency_key=key,
+                                           timeout=timeout)
+        except VlmNodeError as exc:
+            assert exc.code == "DEADLINE_EXCEEDED", exc
+            return None
+
+    await asyncio.gather(*(create(key, 0.001) for key in keys))
+    made = await asyncio.gather(*(create(key, None) for key in keys))
+    listed = await client.list_jobs()
+    assert sorted(j.idempotency_key for j in listed) == sorted(keys)
+    assert {j.id for j in made} == {j.id for j in listed}
+
+    # With the client's own keys, as most callers leave it: never more jobs than creates.
+    await asyncio.gather(*(client.create_job("vlm_only", DOMAIN_ID, input={"vlm_prompt": "hi"}, timeout=0.001)
+                           for _ in range(20)), return_exceptions=True)
+    await asyncio.sleep(0.5)  # what the node was still doing when the callers gave up
+    extra = [j for j in await client.list_jobs() if j.idempotency_key not in keys]
+    assert len(extra) <= 20 and len({j.idempotency_key for j in extra}) == len(extra)
+
+
+async def test_cli_submit_says_how_to_get_a_job_it_did_not_hear_of(target, client):
+    args = ["--target", target, "jobs", "submit", "--domain", DOMAIN_ID, "--type", "vlm_only", "--vlm-prompt", "hi"]
+    code, out, err = await vlmnode(*args, "--timeout", "0.001")
+    assert code == 4 and out == "", err
+    key = re.search(r"submit again with --idempotency-key (\S+) to get it", err)
+    assert key and uuid.UUID(key[1]) and err.startswith("vlmnode: the node at "), err
+    code, out, err = await vlmnode(*args, "--idempotency-key", key[1])
+    assert code == 0, err
+    assert [j.id for j in await client.list_jobs()] == [out.strip()]
+    assert (await client.get_job(out.strip())).idempotency_key == key[1]

@@ -2,9 +2,13 @@
 Ollama and posemesh, delivered to a webhook."""
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
+import re
+import uuid
+from datetime import datetime, timezone
 
 from vlmnode.v1 import jobs_pb2
 
@@ -248,3 +252,138 @@ async def test_a_long_job_overflowing_the_llm_context_still_finds_its_task(setti
     assert output["decision"]["windows"] > 1
     llm = [r for r in fake_ollama.requests if r["format"]]
     assert all(not r["truncated"] for r in llm) and {r["num_ctx"] for r in llm} == {4096}
+
+
+
+# A bad day: transient failures waited out for a time, and jobs that keep their place.
+
+VLM_ONLY = {"job_type": "vlm_only", "input": struct({"vlm_prompt": "What colour?"})}
+GIVE_UP = re.compile(r"(?P<error>.+) \(retried for (?P<waited>\d+ s|\d+ min \d+ s) over (?P<attempts>\d+) attempts"
+                     r"(?P<capped>; max_attempts \d+ reached)?\)")
+
+
+def quick_retries(settings, **kw):
+    """Retries as the defaults make them, on a test's time scale."""
+    return dataclasses.replace(settings, **{"job_retry_wait": 0.05, "job_retry_max_wait": 0.1, **kw})
+
+
+async def more_attempts_than(jobs, job_id: str, n: int) -> bool:
+    return (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id))).job.attempts > n
+
+
+@contextlib.asynccontextmanager
+async def worker_running(settings, pipelines):
+    """A worker of our own pipelines, in this test's event loop."""
+    from server.store import JobStore
+    from worker.pipelines import Peers
+    from worker.runner import Worker
+
+    store = JobStore(settings.postgres_url, max_size=4)
+    await store.open()
+    w = Worker(store, Peers(settings=settings, engine=None, domain=None), worker_name="test-worker",
+               pipelines=pipelines)
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        w.stop()
+        await asyncio.wait_for(task, 10)
+        await store.close()
+
+
+async def test_an_ollama_outage_longer_than_the_old_retry_budget_is_waited_out(settings, jobs, fake_ollama):
+    """The old budget, 5 attempts, was spent in about 30 s: a 35 s restart of
+    Ollama failed every queued job for good. Now a job waits out JOB_RETRY_FOR,
+    and the node's default max_attempts does not end it sooner."""
+    from tests.conftest import running_worker, wait_for
+
+    async with running_worker(quick_retries(settings, job_retry_for=60)) as worker:
+        fake_ollama.stop()
+        job = (await jobs.CreateJob(create_request(**VLM_ONLY))).job
+        await wait_for(lambda: more_attempts_than(jobs, job.id, 8), timeout=30)
+        fake_ollama.start()
+        done = await wait_final(jobs, job.id, timeout=30)
+        row = await worker.store.get_job(job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    assert done.attempts > 8 and done.max_attempts == 100
+    assert len(as_dict(done.output)["responses"]) == 6
+    assert row["failing_since"] is None and row["failures"] == 0  # the success ended the run of failures
+
+
+async def test_a_spent_retry_budget_fails_the_job_saying_what_it_waited_for(settings, jobs, fake_ollama):
+    from tests.conftest import running_worker
+
+    fake_ollama.stop()
+    async with running_worker(quick_retries(settings, job_retry_for=1.5)):
+        done = await wait_final(jobs, (await jobs.CreateJob(create_request(**VLM_ONLY))).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED
+    assert done.error.code == "peer_unavailable"
+    said = GIVE_UP.fullmatch(done.error.message)
+    assert said and said["error"].startswith("Ollama is not reachable at ") and not said["capped"], done.error.message
+    assert int(said["attempts"]) == done.attempts > 5  # every attempt failed, for 1.5 s and a little more
+    assert re.fullmatch(r"[1-9]\d* s", said["waited"])  # at least the budget, 1.5 s, in whole seconds
+
+
+async def test_max_attempts_still_caps_a_job_a_caller_limited(jobs, worker, fake_ollama):
+    fake_ollama.stop()
+    done = await wait_final(jobs, (await jobs.CreateJob(create_request(max_attempts=2, **VLM_ONLY))).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_FAILED and done.attempts == 2
+    said = GIVE_UP.fullmatch(done.error.message)
+    assert said and said["attempts"] == "2" and said["capped"] == "; max_attempts 2 reached", done.error.message
+
+
+async def test_a_job_making_progress_between_failures_is_not_failed_by_the_budget(settings, jobs):
+    """Ollama flapping under a long job: each attempt keeps a caption and then
+    fails. The failures span more than the budget, but no run of them does."""
+    from server.errors import PeerUnavailable
+    from server.store import Caption
+
+    now = datetime.now(timezone.utc)
+
+    def flapping(progress: bool):
+        async def pipeline(ctx, peers):
+            if ctx.claim.attempt <= 6:
+                if progress:
+                    made = Caption(f"image-{ctx.claim.attempt}", now, "n", now, "a caption")
+                    await ctx.save_caption("recipe", made)
+                await asyncio.sleep(0.1)
+                raise PeerUnavailable("Ollama is not reachable at http://ollama:11434: connection reset")
+            return {"responses": []}
+
+        return pipeline
+
+    quick = quick_retries(settings, job_retry_for=0.3)
+    async with worker_running(quick, {"vlm_only": flapping(progress=True)}):
+        made_progress = await wait_final(jobs, (await jobs.CreateJob(create_request(**VLM_ONLY))).job.id)
+    async with worker_running(quick, {"vlm_only": flapping(progress=False)}):
+        stuck = await wait_final(jobs, (await jobs.CreateJob(create_request(**VLM_ONLY))).job.id)
+    assert made_progress.status == jobs_pb2.JOB_STATUS_COMPLETED and made_progress.attempts == 7
+    assert stuck.status == jobs_pb2.JOB_STATUS_FAILED and stuck.attempts < 7
+    assert GIVE_UP.fullmatch(stuck.error.message), stuck.error.message
+
+
+async def test_a_job_taken_back_from_a_dead_worker_goes_before_newer_jobs(settings, jobs, posemesh):
+    """A worker dies holding the oldest job; by the time its lease runs out
+    newer jobs are waiting. The job taken back runs first."""
+    from server.store import JobStore
+    from tests.conftest import running_worker
+
+    store = JobStore(settings.postgres_url, max_size=2)
+    await store.open()
+    try:
+        oldest = (await jobs.CreateJob(create_request(**VLM_ONLY))).job
+        await store.claim_job("dead-worker", ["vlm_only"], lease=0.05)
+        newer = [(await jobs.CreateJob(create_request(**VLM_ONLY))).job for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert [r["status"] for r in await store.rescue_jobs(settings.job_retry_for)] == ["pending"]
+        async with running_worker(settings):  # one job at a time (WORKER_JOBS=1)
+            for job in [oldest, *newer]:
+                assert (await wait_final(jobs, job.id)).status == jobs_pb2.JOB_STATUS_COMPLETED
+        runs = []
+        for job in [oldest, *newer]:
+            runs += [(e["at"], job.id) for e in await store.job_events(uuid.UUID(job.id)) if e["status"] == "running"]
+    finally:
+        await store.close()
+    runs.sort()
+    assert runs[0][1] == oldest.id  # the dead worker's attempt
+    assert [job_id for _, job_id in runs[1:]] == [oldest.id] + [j.id for j in newer]

@@ -1,5 +1,7 @@
 """Takes back jobs whose worker stopped renewing its lease (it died, or lost
-the database), so another worker runs them."""
+the database), so another worker runs them: at once, in their place in the
+queue. A lost lease counts as a failed attempt, so a job that keeps killing
+its workers fails once out of attempts or out of its retry budget."""
 
 import asyncio
 import logging
@@ -16,16 +18,17 @@ log = logging.getLogger(__name__)
 class JobRescuer(BackgroundDuty):
     name = "job-rescuer"
 
-    def __init__(self, store: JobStore, *, interval: float):
+    def __init__(self, store: JobStore, *, interval: float, retry_for: float | None = None):
         super().__init__()
         self.store = store
         self.interval = interval  # seconds between sweeps
+        self.retry_for = retry_for  # seconds a job may go on failing; None: max_attempts alone
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:
-                for row in await self.store.rescue_jobs():
+                for row in await self.store.rescue_jobs(self.retry_for):
                     log.warning("job %s: lease expired; now %s", row["id"], row["status"], extra={"job_id": str(row["id"])})
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 log.warning("rescuer cannot reach the database: %s", exc)

@@ -3,6 +3,7 @@ records how each attempt ended."""
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -17,8 +18,9 @@ import psycopg_pool
 
 from server import logs
 from server import metrics
+from server.destinations import Destinations
 from server.errors import NodeError
-from server.retry import RetryStrategy
+from server.retry import RetryStrategy, duration
 from server.store import JOBS_READY_CHANNEL, Caption, Claim, JobStore
 from worker.pipelines import PIPELINES, Peers, Pipeline
 from worker.rescuer import JobRescuer
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 5.0  # seconds; a safety net, since notifications wake us first
 DB_ERROR_PAUSE = 1.0  # seconds to wait after the database failed us
 STOP_GRACE = 30.0  # seconds running jobs get to finish on SIGTERM before being handed back
+JOB_RETRY_JITTER = 0.2  # fraction of each wait between a job's attempts taken off at random
 
 
 CANCELLED = {"code": "cancelled", "message": "cancelled by request"}
@@ -43,6 +46,7 @@ class _Context:
         self.store = store
         self.claim = claim
         self.job = claim.job
+        self.progressed = False  # a caption was kept: the job's run of failures is over
 
     async def advance(self, status: str) -> None:
         if await self.store.advance_job(self.claim, status) is None:
@@ -53,6 +57,10 @@ class _Context:
 
     async def save_caption(self, recipe: str, caption: Caption) -> None:
         await self.store.save_caption(self.claim.id, recipe, caption)
+        if not self.progressed:
+            self.progressed = True
+            if self.job["failing_since"] is not None or self.job["failures"]:
+                await self.store.end_failing_streak(self.claim)
 
 
 def _outcome(row: dict[str, Any] | None) -> str:
@@ -60,6 +68,16 @@ def _outcome(row: dict[str, Any] | None) -> str:
     if row is None:
         return "lost"
     return "retried" if row["status"] == "pending" else row["status"]
+
+
+def gave_up(failing_for: float, failures: int, max_attempts: int, retry_for: float | None) -> str:
+    """What a job waited for before it was failed for good, said after its
+    error (rescue_jobs in sql/queries.sql says the same of a lost lease)."""
+    if retry_for is not None and failing_for >= retry_for:
+        return f" (retried for {duration(failing_for)} over {failures} attempts)"
+    if failures > 1:
+        return f" (retried for {duration(failing_for)} over {failures} attempts; max_attempts {max_attempts} reached)"
+    return f" (max_attempts {max_attempts} reached)"
 
 
 def worker_id() -> str:
@@ -81,10 +99,21 @@ class Worker:
         self.id = worker_name or worker_id()
         self.pipelines = pipelines
         self.job_types = list(pipelines)
-        self.retry = RetryStrategy(wait=self.settings.job_retry_wait)  # delays only: each job has its max_attempts
+        # How long a job's transient failures are retried, and the waits
+        # between; each job brings its own max_attempts.
+        self.retry = RetryStrategy(
+            max_attempts=self.settings.job_max_attempts,
+            wait=self.settings.job_retry_wait,
+            max_wait=self.settings.job_retry_max_wait,
+            jitter=JOB_RETRY_JITTER,
+            retry_for=self.settings.job_retry_for,
+        )
         self.webhook_retry = RetryStrategy(max_attempts=self.settings.webhook_attempts, wait=1.0, max_wait=30.0)
         self.http = httpx.AsyncClient()
-        self.rescuer = JobRescuer(store, interval=max(self.settings.job_lease / 2, 0.05))
+        self.webhook_destinations = Destinations.from_settings(self.settings)  # where deliveries may go
+        self.rescuer = JobRescuer(
+            store, interval=max(self.settings.job_lease / 2, 0.05), retry_for=self.settings.job_retry_for
+        )
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -140,7 +169,7 @@ class Worker:
             return []
         now = datetime.now(timezone.utc)
         for claim in claims:
-            wait = (now - max(claim.job["created_at"], claim.job["run_after"])).total_seconds()
+            wait = (now - max(claim.job["queued_at"], claim.job["run_after"])).total_seconds()
             metrics.PICKUP.observe(max(wait, 0.0))
             log.info("job %s claimed by %s (attempt %d, %.3f s after it was due)", claim.id, self.id, claim.attempt,
                      wait, extra={"job_id": str(claim.id)})
@@ -207,12 +236,13 @@ class Worker:
         """Runs the pipeline and records the outcome, a successful webhook
         delivery included, under the lease. Returns the error of a job that
         failed for good (for its webhook), and the status it ended in."""
+        ctx = _Context(self.store, claim)
         try:
-            output = await self.pipelines[claim.job["job_type"]](_Context(self.store, claim), self.peers)
+            output = await self.pipelines[claim.job["job_type"]](ctx, self.peers)
         except JobCancelled:
             row = await self._finish(claim, "cancelled", error=CANCELLED)
         except Exception as exc:
-            return await self._failed(claim, exc)
+            return await self._failed(claim, exc, progressed=ctx.progressed)
         else:
             row = await self._completed(claim, output)
         return None, _outcome(row)
@@ -243,7 +273,7 @@ class Worker:
                 return await self._finish(claim, "failed", output=output, error=error)
         return await self._finish(claim, "completed", output=output)
 
-    async def _failed(self, claim: Claim, exc: Exception) -> tuple[dict | None, str]:
+    async def _failed(self, claim: Claim, exc: Exception, *, progressed: bool) -> tuple[dict | None, str]:
         if isinstance(exc, NodeError):
             error, transient = {"code": exc.code, "message": exc.message}, exc.transient
         elif isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
@@ -251,13 +281,22 @@ class Worker:
         else:
             log.exception("job %s: unexpected error", claim.id, exc_info=exc)
             error, transient = {"code": "internal", "message": f"internal error: {type(exc).__name__}"}, False
-        if transient and claim.attempt < claim.job["max_attempts"]:
-            delay = self.retry.delay(claim.attempt)
-            log.warning("job %s: attempt %d failed (%s); retrying in %.1f s", claim.id, claim.attempt, error["message"], delay)
-            row = await self._finish(claim, "pending", error=error, retry_in=delay)
-            return None, _outcome(row)
+        if transient:
+            # The run of failures this one belongs to: a new one when this
+            # attempt made progress (end_failing_streak has said so).
+            since = None if progressed else claim.job["failing_since"]
+            failures = (0 if progressed else claim.job["failures"]) + 1
+            failing_for = max((datetime.now(timezone.utc) - since).total_seconds(), 0.0) if since else 0.0
+            retry = dataclasses.replace(self.retry, max_attempts=claim.job["max_attempts"])
+            if retry.should_retry(claim.attempt, failing_for):
+                delay = retry.delay(failures)
+                log.warning("job %s: attempt %d failed (%s); retrying in %.1f s (failing for %s)", claim.id,
+                            claim.attempt, error["message"], delay, duration(failing_for))
+                row = await self._finish(claim, "pending", error=error, retry_in=delay, failed=True)
+                return None, _outcome(row)
+            error["message"] += gave_up(failing_for, failures, claim.job["max_attempts"], retry.retry_for)
         log.warning("job %s failed: %s", claim.id, error["message"])
-        row = await self._finish(claim, "failed", error=error)
+        row = await self._finish(claim, "failed", error=error, failed=True)
         return (error if row and row["status"] == "failed" else None), _outcome(row)
 
     async def _deliver(self, url: str, claim: Claim, *, data: dict | None, error: dict | None) -> None:
@@ -270,6 +309,7 @@ class Worker:
                 error=error,
                 secret=self.settings.webhook_secret or None,
                 retry=self.webhook_retry,
+                destinations=self.webhook_destinations,
             )
         except NodeError:
             metrics.WEBHOOKS.labels("failed").inc()

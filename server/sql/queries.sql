@@ -27,9 +27,10 @@ LIMIT %(limit)s OFFSET %(offset)s;
 SELECT status, attempt, error, at FROM job_events WHERE job_id = %(id)s ORDER BY id;
 
 -- claim_jobs --
--- Take up to `limit` of the best due pending jobs of the given types;
--- concurrent claimers skip rows another transaction holds, so no job is
--- taken twice.
+-- Take up to `limit` of the best due pending jobs of the given types:
+-- highest priority, then longest in the queue (a rescued or retried job
+-- keeps its place: run_after only says "not before"). Concurrent claimers
+-- skip rows another transaction holds, so no job is taken twice.
 UPDATE jobs SET
     status = 'running',
     attempts = attempts + 1,
@@ -40,7 +41,7 @@ UPDATE jobs SET
 WHERE id IN (
     SELECT id FROM jobs
     WHERE status = 'pending' AND run_after <= now() AND job_type = ANY(%(job_types)s)
-    ORDER BY priority DESC, run_after, created_at
+    ORDER BY priority DESC, queued_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -68,14 +69,23 @@ RETURNING *;
 
 -- finish_job --
 -- Record the end of an attempt held by this worker: completed, failed, or
--- back to pending after `retry_in` seconds. A cancel request wins over a
--- retry.
+-- back to pending after `retry_in` seconds, in its place in the queue. A
+-- cancel request wins over a retry. A failed attempt (`failed`) adds to
+-- the job's run of failures; completing ends it.
 UPDATE jobs SET
     status = CASE
         WHEN status = 'cancelling' AND %(status)s <> 'completed' THEN 'cancelled'
         ELSE %(status)s END,
     output = coalesce(%(output)s, output),
     error = %(error)s,
+    failing_since = CASE
+        WHEN %(status)s = 'completed' THEN NULL
+        WHEN %(failed)s THEN coalesce(failing_since, now())
+        ELSE failing_since END,
+    failures = CASE
+        WHEN %(status)s = 'completed' THEN 0
+        WHEN %(failed)s THEN failures + 1
+        ELSE failures END,
     run_after = now() + make_interval(secs => %(retry_in)s),
     lease_until = NULL,
     worker_id = NULL,
@@ -93,39 +103,77 @@ WHERE id = %(id)s AND status IN ('pending', 'running', 'completing', 'uploading'
 RETURNING *;
 
 -- retry_job --
--- Take a finished job back to pending with a new input and fresh attempts.
+-- Take a finished job back to pending with a new input, fresh attempts and
+-- a fresh retry budget. It is queued anew, as a new job would be: behind
+-- the jobs of its priority already waiting.
 UPDATE jobs SET
     status = 'pending',
     input = %(input)s,
     output = NULL,
     error = NULL,
     attempts = 0,
+    failing_since = NULL,
+    failures = 0,
+    queued_at = now(),
     run_after = now(),
     updated_at = now()
 WHERE id = %(id)s AND job_type = %(job_type)s AND status IN ('completed', 'failed', 'cancelled')
 RETURNING *;
 
 -- rescue_jobs --
--- Take back jobs whose worker stopped renewing its lease: to pending when
--- attempts remain, else failed; a job asked to stop is cancelled.
+-- Take back jobs whose worker stopped renewing its lease. A lost lease is a
+-- failed attempt: the job goes back to pending at once, in its place in the
+-- queue, unless it is out of attempts (max_attempts) or has been failing
+-- for `retry_for` seconds or more (NULL: no limit), when it fails, saying
+-- so as the worker would (server/retry.py duration()). A job asked to stop
+-- is cancelled.
+WITH lost AS (
+    SELECT id, worker_id,
+           status = 'cancelling' AS cancel,
+           attempts >= max_attempts AS out_of_attempts,
+           coalesce(now() - failing_since >= make_interval(secs => %(retry_for)s::float8), false) AS out_of_time,
+           greatest(floor(extract(epoch FROM now() - coalesce(failing_since, now()))), 0)::bigint AS secs,
+           failures + 1 AS failures,
+           max_attempts
+    FROM jobs
+    WHERE status IN ('running', 'completing', 'uploading', 'cancelling') AND lease_until < now()
+    FOR UPDATE SKIP LOCKED
+), verdict AS (
+    SELECT *,
+           NOT cancel AND (out_of_attempts OR out_of_time) AS give_up,
+           CASE WHEN secs < 60 THEN secs || ' s'
+                WHEN secs < 3600 THEN secs / 60 || ' min ' || mod(secs, 60) || ' s'
+                ELSE secs / 3600 || ' h ' || mod(secs, 3600) / 60 || ' min' END AS waited
+    FROM lost
+)
 UPDATE jobs SET
-    status = CASE
-        WHEN status = 'cancelling' THEN 'cancelled'
-        WHEN attempts >= max_attempts THEN 'failed'
-        ELSE 'pending' END,
+    status = CASE WHEN v.cancel THEN 'cancelled' WHEN v.give_up THEN 'failed' ELSE 'pending' END,
     error = jsonb_build_object(
         'code', 'lease_expired',
-        'message', 'worker ' || coalesce(worker_id, '?') || ' stopped renewing its lease'),
+        'message', 'worker ' || coalesce(v.worker_id, '?') || ' stopped renewing its lease' || CASE
+            WHEN NOT v.give_up THEN ''
+            WHEN v.out_of_time THEN ' (retried for ' || v.waited || ' over ' || v.failures || ' attempts)'
+            WHEN v.failures > 1 THEN ' (retried for ' || v.waited || ' over ' || v.failures
+                || ' attempts; max_attempts ' || v.max_attempts || ' reached)'
+            ELSE ' (max_attempts ' || v.max_attempts || ' reached)' END),
+    failing_since = coalesce(jobs.failing_since, now()),
+    failures = v.failures,
     run_after = now(),
     lease_until = NULL,
     worker_id = NULL,
     updated_at = now()
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE status IN ('running', 'completing', 'uploading', 'cancelling') AND lease_until < now()
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, status;
+FROM verdict v
+WHERE jobs.id = v.id
+RETURNING jobs.id, jobs.status;
+
+-- end_failing_streak --
+-- The attempt held by this worker made progress (it kept a caption): the
+-- job's failures so far are behind it, and its retry budget starts afresh.
+UPDATE jobs SET failing_since = NULL, failures = 0
+WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempt)s
+  AND status IN ('running', 'completing', 'uploading', 'cancelling')
+  AND (failing_since IS NOT NULL OR failures > 0)
+RETURNING id;
 
 -- save_caption --
 -- Keep one image's caption for a job; an image changed since is captioned

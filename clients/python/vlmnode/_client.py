@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Callable, TypeVar
@@ -15,7 +16,7 @@ import grpc
 import grpc.aio
 
 from vlmnode import _wire
-from vlmnode._connection import DEFAULT_TIMEOUT, Connection
+from vlmnode._connection import DEFAULT_TIMEOUT, Connection, retry_wait
 from vlmnode._errors import VlmNodeError, error_from_rpc
 from vlmnode._types import AnswerChunk, Job, Notice
 from vlmnode._wire import FrameLike, FrameSource
@@ -61,8 +62,11 @@ class _BaseClient:
         default = None if stream else self._connection.timeout
         return {"timeout": timeout if timeout is not None else default, "metadata": self._connection.metadata}
 
-    def _error(self, exc: grpc.RpcError, timeout: float | None) -> VlmNodeError:
-        return error_from_rpc(exc, self.target, timeout if timeout is not None else self._connection.timeout)
+    def _error(self, exc: grpc.RpcError, timeout: float | None, tries: int = 1) -> VlmNodeError:
+        error = error_from_rpc(exc, self.target, timeout if timeout is not None else self._connection.timeout)
+        if tries > 1:
+            error = type(error)(f"{error.message} (tried {tries} times)", code=error.code, details=error.details)
+        return error
 
 
 class Client(_BaseClient):
@@ -96,11 +100,20 @@ class Client(_BaseClient):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _unary(self, method: Callable[..., Result], request: Any, timeout: float | None) -> Result:
-        try:
-            return method(request, **self._call_options(timeout))
-        except grpc.RpcError as exc:
-            raise self._error(exc, timeout) from None
+    def _unary(
+        self, method: Callable[..., Result], request: Any, timeout: float | None, *, retried: bool = False
+    ) -> Result:
+        """One call; `retried`: a request safe to send again (see retry_wait)."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return method(request, **self._call_options(timeout))
+            except grpc.RpcError as exc:
+                wait = retry_wait(tries, exc) if retried else None
+                if wait is None:
+                    raise self._error(exc, timeout, tries) from None
+            time.sleep(wait)
 
     # Jobs.
 
@@ -111,15 +124,22 @@ class Client(_BaseClient):
         *,
         input: Mapping[str, Any],
         query: Mapping[str, Any] | None = None,
-        idempotency_key: str = "",
+        idempotency_key: str | None = None,
         priority: int = 0,
         max_attempts: int = 0,
         timeout: float | None = None,
     ) -> Job:
         """Queues a job ("task_timing_v1" or "vlm_only") over a domain's data.
-        `query` defaults to {"ids": []}: all of the domain's images."""
+        `query` defaults to {"ids": []}: all of the domain's images.
+
+        Safe to repeat: the create carries `idempotency_key` (a new UUID when
+        none is given), and the node answers a repeated key with the job the
+        first create made. A try the node did not answer in `timeout`, or that
+        did not reach it, is sent again with the same key (3 tries in all,
+        `timeout` each). To retry a failed create yourself without risking a
+        second job, pass your own key and the same key again."""
         request = _wire.create_job_request(job_type, domain_id, input, query, idempotency_key, priority, max_attempts)
-        return _wire.job(self._unary(self._jobs.CreateJob, request, timeout).job)
+        return _wire.job(self._unary(self._jobs.CreateJob, request, timeout, retried=True).job)
 
     def list_jobs(
         self,
@@ -257,11 +277,20 @@ class AsyncClient(_BaseClient):
     ) -> None:
         await self.close()
 
-    async def _unary(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        try:
-            return await method(request, **self._call_options(timeout))
-        except grpc.RpcError as exc:
-            raise self._error(exc, timeout) from None
+    async def _unary(
+        self, method: Callable[..., Any], request: Any, timeout: float | None, *, retried: bool = False
+    ) -> Any:
+        """One call; `retried`: a request safe to send again (see retry_wait)."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return await method(request, **self._call_options(timeout))
+            except grpc.RpcError as exc:
+                wait = retry_wait(tries, exc) if retried else None
+                if wait is None:
+                    raise self._error(exc, timeout, tries) from None
+            await asyncio.sleep(wait)
 
     # Jobs.
 
@@ -272,15 +301,22 @@ class AsyncClient(_BaseClient):
         *,
         input: Mapping[str, Any],
         query: Mapping[str, Any] | None = None,
-        idempotency_key: str = "",
+        idempotency_key: str | None = None,
         priority: int = 0,
         max_attempts: int = 0,
         timeout: float | None = None,
     ) -> Job:
         """Queues a job ("task_timing_v1" or "vlm_only") over a domain's data.
-        `query` defaults to {"ids": []}: all of the domain's images."""
+        `query` defaults to {"ids": []}: all of the domain's images.
+
+        Safe to repeat: the create carries `idempotency_key` (a new UUID when
+        none is given), and the node answers a repeated key with the job the
+        first create made. A try the node did not answer in `timeout`, or that
+        did not reach it, is sent again with the same key (3 tries in all,
+        `timeout` each). To retry a failed create yourself without risking a
+        second job, pass your own key and the same key again."""
         request = _wire.create_job_request(job_type, domain_id, input, query, idempotency_key, priority, max_attempts)
-        return _wire.job((await self._unary(self._jobs.CreateJob, request, timeout)).job)
+        return _wire.job((await self._unary(self._jobs.CreateJob, request, timeout, retried=True)).job)
 
     async def list_jobs(
         self,

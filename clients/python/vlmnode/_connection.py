@@ -4,6 +4,7 @@ Shared by `Client` and `AsyncClient`; only the channel class differs."""
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,22 @@ TARGET_ENV = "VLMNODE_TARGET"
 DEFAULT_TIMEOUT = 30.0  # seconds for a unary call; streams have no deadline by default
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024  # a job's output can be large
 USER_AGENT = "vlmnode-client/0.1.0"
+# A create that did not reach the node, or whose answer did not come back in
+# time, is sent again with the same idempotency key (the node returns the job
+# the first one made, if it made one): at most this many tries in all, ...
+CREATE_TRIES = 3
+CREATE_RETRY_WAIT = 0.5  # ... seconds before the second, doubling, less up to half at random
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def retry_wait(tries: int, error: grpc.RpcError) -> float | None:
+    """Seconds to wait before sending a create again after `tries` tries,
+    the last one failing with `error`; None when it is not to be sent again."""
+    code_of = getattr(error, "code", None)
+    code = code_of() if callable(code_of) else None
+    if tries >= CREATE_TRIES or code not in RETRIED_CODES:
+        return None
+    return CREATE_RETRY_WAIT * 2 ** (tries - 1) * random.uniform(0.5, 1.0)
 
 
 class Connection:

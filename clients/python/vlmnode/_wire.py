@@ -5,6 +5,7 @@ differ only in how a call travels, never in what it says."""
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,21 +55,27 @@ def status_value(status: str | None) -> int:
     return jobs_pb2.JobStatus.Value("JOB_STATUS_" + status.upper())
 
 
+def new_idempotency_key() -> str:
+    """A key for one create: the same job however often the create is sent."""
+    return str(uuid.uuid4())
+
+
 def create_job_request(
     job_type: str,
     domain_id: str,
     input: Mapping[str, Any],
     query: Mapping[str, Any] | None,
-    idempotency_key: str,
+    idempotency_key: str | None,
     priority: int,
     max_attempts: int,
 ) -> jobs_pb2.CreateJobRequest:
+    """The request of one create; with no `idempotency_key`, a new one."""
     return jobs_pb2.CreateJobRequest(
         job_type=job_type,
         domain_id=domain_id,
         query=_struct({"ids": []} if query is None else query, "query"),
         input=_struct(input, "input"),
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key or new_idempotency_key(),
         priority=priority,
         max_attempts=max_attempts,
     )

@@ -36,7 +36,7 @@ from vlmnode._connection import DEFAULT_TARGET, TARGET_ENV  # noqa: E402
 from vlmnode._errors import InvalidArgumentError, VlmNodeError  # noqa: E402
 from vlmnode._progress import Progress  # noqa: E402
 from vlmnode._types import AnswerChunk, Job, Notice  # noqa: E402
-from vlmnode._wire import IMAGE_SUFFIXES, STATUSES, folder_images  # noqa: E402
+from vlmnode._wire import IMAGE_SUFFIXES, STATUSES, folder_images, new_idempotency_key  # noqa: E402
 
 TOKEN_ENV = "VLMNODE_TOKEN"
 JOB_TYPES = ("task_timing_v1", "vlm_only")
@@ -78,7 +78,7 @@ def _print_job(job: Job) -> None:
         ("domain", job.domain_id),
         ("created", job.created_at.isoformat() if job.created_at else "-"),
         ("updated", job.updated_at.isoformat() if job.updated_at else "-"),
-        ("attempts", f"{job.attempts} of {job.max_attempts}"),
+        ("attempts", f"{job.attempts} (at most {job.max_attempts})"),
         ("query", json.dumps(job.query, ensure_ascii=False)),
         ("input", json.dumps(job.input, ensure_ascii=False)),
     ]
@@ -145,15 +145,24 @@ def _query(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def jobs_submit(node: Client, args: argparse.Namespace) -> int:
-    job = node.create_job(
-        args.type,
-        args.domain,
-        input=_input(args),
-        query=_query(args),
-        idempotency_key=args.idempotency_key,
-        priority=args.priority,
-        max_attempts=args.max_attempts,
-    )
+    key = args.idempotency_key or new_idempotency_key()
+    try:
+        job = node.create_job(
+            args.type,
+            args.domain,
+            input=_input(args),
+            query=_query(args),
+            idempotency_key=key,
+            priority=args.priority,
+            max_attempts=args.max_attempts,
+        )
+    except VlmNodeError as exc:
+        if exc.code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise
+        # The node may have made the job without our hearing of it: the same
+        # key again gets that job rather than a second one.
+        hint = f"; the job may exist all the same: submit again with --idempotency-key {key} to get it, never two"
+        raise type(exc)(exc.message + hint, code=exc.code, details=exc.details) from None
     if args.watch:
         return _watch(node, job.id, args.json)
     if args.json:
@@ -209,7 +218,7 @@ def _watch(node: Client, job_id: str, as_json: bool) -> int:
             last = job
             if as_json:
                 _print_json(job.to_dict())
-            attempt = f" (attempt {job.attempts} of {job.max_attempts})" if job.status == "running" else ""
+            attempt = f" (attempt {job.attempts})" if job.status == "running" else ""
             progress.update(f"job {job.id}: {job.status}{attempt}")
     finally:
         progress.finish()
@@ -385,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--name", help="query.name")
     submit.add_argument("--data-type", dest="data_type", help="query.data_type")
     submit.add_argument("--query", metavar="JSON", help="the whole query as a JSON object (the flags above win)")
-    submit.add_argument("--idempotency-key", dest="idempotency_key", default="", metavar="KEY")
+    submit.add_argument("--idempotency-key", dest="idempotency_key", default="", metavar="KEY",
+                        help="the same key again gets the same job (default: a new UUID, kept for the retries)")
     submit.add_argument("--priority", type=int, default=0, help="higher runs first")
     submit.add_argument("--max-attempts", dest="max_attempts", type=int, default=0, metavar="N")
     submit.add_argument("--watch", action="store_true", help="then follow the job to its end")

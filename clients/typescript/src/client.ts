@@ -2,6 +2,8 @@
 // the JobService calls as promises and async iterables, and infer() over the
 // bidirectional InferenceService.Infer stream.
 
+import { randomUUID } from "node:crypto";
+
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ConnectError, Code, createClient, type CallOptions, type Client, type Interceptor } from "@connectrpc/connect";
@@ -55,6 +57,33 @@ export interface Answer {
   text: string;
   frameIds: string[];
   framesDropped: number;
+}
+
+/**
+ * A create that did not reach the node, or whose answer did not come back in
+ * time, is sent again with the same idempotency key (the node answers a key
+ * it has seen with the job the first create made): at most this many tries
+ * in all, the second CREATE_RETRY_WAIT_MS after the first, doubling, less up
+ * to half at random.
+ */
+export const CREATE_TRIES = 3;
+export const CREATE_RETRY_WAIT_MS = 500;
+const RETRIED_CODES: ReadonlySet<Code> = new Set([Code.Unavailable, Code.DeadlineExceeded]);
+
+/** Waits `ms`, or rejects with the signal's reason once it aborts. */
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const stop = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", stop);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", stop, { once: true });
+  });
 }
 
 export const FINAL_STATUSES: ReadonlySet<JobStatus> = new Set([
@@ -143,9 +172,27 @@ export class VlmNodeClient {
     this.inference = createClient(InferenceService, transport);
   }
 
-  /** Queues a job; a query that matches no data fails with FailedPrecondition "No data found". */
-  async createJob(request: MessageInitShape<typeof CreateJobRequestSchema>, options?: CallOptions): Promise<Job> {
-    return required((await this.jobs.createJob(request, options)).job);
+  /**
+   * Queues a job; a query that matches no data fails with FailedPrecondition "No data found".
+   *
+   * Safe to repeat: the create carries `idempotencyKey` (a new UUID when the
+   * request has none), and the node answers a key it has seen with the job
+   * the first create made. A try that failed with Unavailable or
+   * DeadlineExceeded (`timeoutMs` is per try) is sent again with the same
+   * key, CREATE_TRIES tries in all. To retry a failed create yourself without
+   * risking a second job, give your own key and give it again.
+   */
+  async createJob(request: MessageInitShape<typeof CreateJobRequestSchema>, options: CallOptions = {}): Promise<Job> {
+    const once = { ...request, idempotencyKey: request.idempotencyKey || randomUUID() };
+    for (let tries = 1; ; tries++) {
+      try {
+        return required((await this.jobs.createJob(once, options)).job);
+      } catch (err) {
+        const code = ConnectError.from(err).code;
+        if (tries >= CREATE_TRIES || !RETRIED_CODES.has(code) || options.signal?.aborted) throw err;
+      }
+      await pause(CREATE_RETRY_WAIT_MS * 2 ** (tries - 1) * (0.5 + Math.random() / 2), options.signal);
+    }
   }
 
   /** Jobs, newest first; filters by status and jobType, pages by limit and offset. */

@@ -3,6 +3,8 @@
 export {
   answers,
   bearerToken,
+  CREATE_RETRY_WAIT_MS,
+  CREATE_TRIES,
   createVlmNodeClient,
   FINAL_STATUSES,
   isFinal,

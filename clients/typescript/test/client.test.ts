@@ -17,7 +17,9 @@ import {
   isFinal,
   JobStatus,
   statusName,
+  CREATE_TRIES,
   type AnswerChunk,
+  type CreateJobRequest,
   type Interceptor,
   type InferInput,
   type Notice,
@@ -138,6 +140,73 @@ describe("VLM Node client", { skip }, () => {
       assert.match(noData.rawMessage, /No data found/);
       const badList = await connectError(() => client.listJobs({ limit: -5 }));
       assert.equal(badList.code, Code.InvalidArgument);
+    });
+
+    /** The jobs the node holds under an idempotency key. */
+    async function jobsWithKey(key: string) {
+      return (await client.listJobs({ limit: 1000 })).filter((j) => j.idempotencyKey === key);
+    }
+
+    /** Cancels what a test made, so the worker is free for the tests after it. */
+    async function tidy(id: string) {
+      await client.cancelJob(id).catch(() => undefined);
+    }
+
+    test("a create whose answer was lost is sent again with its key, and makes one job", async () => {
+      const keys: string[] = [];
+      let answers = 0;
+      // The node makes the job, but its answer never reaches the caller, as on a bad network.
+      const losing: Interceptor = (next) => async (req) => {
+        if (req.method.name !== "CreateJob" || req.stream) return next(req);
+        keys.push((req.message as CreateJobRequest).idempotencyKey);
+        const res = await next(req);
+        if (answers++ === 0) throw new ConnectError("the answer was lost", Code.DeadlineExceeded);
+        return res;
+      };
+      const flaky = createVlmNodeClient(URL!, { interceptors: [losing], defaultTimeoutMs: 20_000 });
+      try {
+        const request = { jobType: "vlm_only", domainId: DOMAIN_ID, query: { ids: [] }, input: { vlm_prompt: "hi" } };
+        const job = await flaky.createJob(request);
+        assert.equal(keys.length, 2);
+        assert.match(keys[0], /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$/); // a new UUID per create
+        assert.equal(keys[1], keys[0]);
+        assert.equal(job.idempotencyKey, keys[0]);
+        assert.deepEqual((await jobsWithKey(keys[0])).map((j) => j.id), [job.id]);
+        await tidy(job.id);
+
+        // Each create its own key; what the node refuses is not sent again.
+        const other = await flaky.createJob(request);
+        assert.notEqual(other.idempotencyKey, job.idempotencyKey);
+        await tidy(other.id);
+        const refused = await connectError(() => flaky.createJob({ ...request, jobType: "task_timing_v9" }));
+        assert.equal(refused.code, Code.InvalidArgument);
+        assert.equal(keys.length, 4);
+      } finally {
+        flaky.close();
+      }
+    });
+
+    test("a create given up on at a 1 ms deadline, then made again with its key, makes one job", async () => {
+      const idempotencyKey = `tiny-deadline-${randomUUID()}`;
+      const request = { jobType: "vlm_only", domainId: DOMAIN_ID, query: { ids: [] }, input: { vlm_prompt: "hi" } };
+      const tries: string[] = [];
+      const counting: Interceptor = (next) => async (req) => {
+        if (req.method.name === "CreateJob") tries.push((req.message as CreateJobRequest).idempotencyKey);
+        return next(req);
+      };
+      const hasty = createVlmNodeClient(URL!, { interceptors: [counting] });
+      try {
+        const err = await connectError(() => hasty.createJob({ ...request, idempotencyKey }, { timeoutMs: 1 }));
+        assert.equal(err.code, Code.DeadlineExceeded, err.message);
+        assert.deepEqual(tries, Array(CREATE_TRIES).fill(idempotencyKey)); // the client's own tries, one key
+      } finally {
+        hasty.close();
+      }
+      // The node may have made the job all the same: the same key gets that one.
+      const job = await client.createJob({ ...request, idempotencyKey });
+      assert.equal(job.idempotencyKey, idempotencyKey);
+      assert.deepEqual((await jobsWithKey(idempotencyKey)).map((j) => j.id), [job.id]);
+      await tidy(job.id);
     });
   });
 
