@@ -10,8 +10,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
+from server import images
 from server.auth import BearerAuthInterceptor, Tokens
 from server.config import Settings
+from server.destinations import Destinations
 from server.health_monitor import HealthMonitor
 from server.inference_service import InferenceService
 from server.job_service import JobService
@@ -54,7 +56,9 @@ class NodeServer:
             image_max_side=settings.image_max_side,
             max_images=settings.vlm_max_images,
             single_image=settings.realtime_single_image,
+            max_pixels=settings.image_max_pixels,
         )
+        images.set_decode_slots(settings.image_decode_slots)
         max_message = settings.realtime_max_frame_bytes + MESSAGE_OVERHEAD
         self.tokens = Tokens.from_settings(settings)
         self.server = grpc.aio.server(
@@ -84,6 +88,8 @@ class NodeServer:
                 self.domain,
                 default_max_attempts=self.settings.job_max_attempts,
                 max_images=self.settings.job_max_images,
+                webhook_destinations=Destinations.from_settings(self.settings),
+                watch_outage_limit=self.settings.watch_outage_limit,
             ),
             self.server,
         )

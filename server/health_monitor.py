@@ -2,10 +2,17 @@
 database answers, InferenceService while Ollama does. The bridge's /ready
 reads these, so it never has to reach the database or Ollama itself.
 Ollama serves only when both models are there and fit for their work (the
-VLM sees images)."""
+VLM sees images).
+
+The database is probed often, and at once when a call lost its connection
+(the store's `trouble`); while it is down, faster still, so that /ready and
+the store's calls (which fail at once meanwhile) recover as soon as it
+answers again."""
 
 import asyncio
+import contextlib
 import logging
+from typing import Awaitable, Callable
 
 from grpc_health.v1 import health, health_pb2
 
@@ -15,11 +22,15 @@ from server.store import JobStore
 
 log = logging.getLogger(__name__)
 
-CHECK_INTERVAL = 5.0  # seconds
+DATABASE_INTERVAL = 1.0  # seconds between database probes while it answers
+DATABASE_RETRY = 0.25  # seconds between database probes while it does not; also the least between two probes
+OLLAMA_INTERVAL = 5.0  # seconds between Ollama probes
 CHECK_TIMEOUT = 3.0  # seconds
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+Probe = Callable[[], Awaitable[object]]
 
 
 class HealthMonitor(BackgroundDuty):
@@ -29,24 +40,50 @@ class HealthMonitor(BackgroundDuty):
                  *, jobs_service: str, inference_service: str):
         super().__init__()
         self.servicer = servicer
-        self.checks = {jobs_service: store.ping, inference_service: engine.ready}
+        self.store = store
+        # The database is watched from here on, so the store may refuse calls
+        # at once while it is down: its recovery is found within DATABASE_RETRY.
+        store.fail_fast = True
+        self.jobs_service = jobs_service
+        self.inference_service = inference_service
+        self.checks: dict[str, Probe] = {jobs_service: store.ping, inference_service: engine.ready}
         self._last: dict[str, int] = {}
 
     async def check_once(self) -> None:
         for service, probe in self.checks.items():
-            try:
-                async with asyncio.timeout(CHECK_TIMEOUT):
-                    await probe()
-                status = SERVING
-            except Exception as exc:  # any failure means not ready; say why once
-                status = NOT_SERVING
-                if self._last.get(service) != NOT_SERVING:
-                    log.warning("%s is not serving: %s", service, getattr(exc, "message", exc) or type(exc).__name__)
-            if self._last.get(service) != status:
-                await self.servicer.set(service, status)
-                self._last[service] = status
+            await self._check(service, probe)
+
+    async def _check(self, service: str, probe: Probe) -> int:
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                await probe()
+            status = SERVING
+        except Exception as exc:  # any failure means not ready; say why once
+            status = NOT_SERVING
+            if self._last.get(service) != NOT_SERVING:
+                log.warning("%s is not serving: %s", service, getattr(exc, "message", exc) or type(exc).__name__)
+        if self._last.get(service) != status:
+            if status == SERVING and service in self._last:
+                log.info("%s is serving again", service)
+            await self.servicer.set(service, status)
+            self._last[service] = status
+        return status
+
+    async def _watch_database(self) -> None:
+        trouble = self.store.trouble
+        while True:
+            trouble.clear()  # before probing: trouble from here on asks for another probe
+            status = await self._check(self.jobs_service, self.checks[self.jobs_service])
+            await asyncio.sleep(DATABASE_RETRY)
+            if status == SERVING:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DATABASE_INTERVAL - DATABASE_RETRY):
+                        await trouble.wait()
+
+    async def _watch_ollama(self) -> None:
+        while True:
+            await self._check(self.inference_service, self.checks[self.inference_service])
+            await asyncio.sleep(OLLAMA_INTERVAL)
 
     async def run(self) -> None:
-        while True:
-            await self.check_once()
-            await asyncio.sleep(CHECK_INTERVAL)
+        await asyncio.gather(self._watch_database(), self._watch_ollama())

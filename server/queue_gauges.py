@@ -33,9 +33,13 @@ class QueueGauges(BackgroundDuty):
         metrics.OLDEST_PENDING.set(oldest)
 
     async def run(self) -> None:
+        failing = False
         while True:
             try:
                 await self.read_once()
+                failing = False
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-                log.warning("cannot read the queue's gauges: %s", exc)
+                if not failing:  # once per outage, not every interval
+                    log.warning("cannot read the queue's gauges: %s", exc)
+                failing = True
             await asyncio.sleep(self.interval)

@@ -6,9 +6,11 @@ advisory lock so that processes starting together do not race.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,11 +21,14 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from server.errors import BadInput, Conflict, NotFound
+from server.errors import BadInput, Conflict, NotFound, quoted
 
 log = logging.getLogger(__name__)
+# While the database is away the pool tries to reconnect every
+# RECONNECT_GIVE_UP seconds and would log each try; the store says it once.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 STATUSES = ("pending", "running", "completing", "uploading", "completed", "failed", "cancelling", "cancelled")
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -33,6 +38,23 @@ MAX_LIST_OFFSET = 10_000_000
 MIGRATION_LOCK = 0x766C6D6E  # advisory lock id ("vlmn")
 JOB_EVENTS_CHANNEL = "vlmnode_job_events"
 JOBS_READY_CHANNEL = "vlmnode_jobs_ready"
+
+# Connections, and what the store does while the database is away.
+POOL_WAIT = 30.0  # seconds a call waits for a connection (a worker's calls: they ride out a restart)
+REQUEST_WAIT = 5.0  # seconds a call of a fail-fast store waits for a connection while the database answers
+RECONNECT_GIVE_UP = 0.5  # seconds the pool retries a lost connection before starting afresh (so: tries this often)
+PING_WAIT = 0.5  # seconds a ping waits for a pooled connection before asking the server directly
+CONNECT_TIMEOUT = 5  # seconds to open a connection (whole seconds, libpq's connect_timeout)
+PROBE_CONNECT_TIMEOUT = 2  # seconds for a ping's own connection (libpq's least)
+UNAVAILABLE = "the job database is unavailable; try again"
+# Dead peers and cut networks are noticed by TCP rather than waited on forever.
+TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,  # seconds
+    "keepalives_interval": 5,  # seconds
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,  # milliseconds unacknowledged data may wait
+}
 
 
 def _load_queries() -> dict[str, str]:
@@ -80,22 +102,66 @@ class Caption:
     caption: str
 
 
+class DatabaseUnavailable(psycopg.OperationalError):
+    """The job database cannot serve this call now: it is known to be down,
+    the call's connection was lost, or none came in time. An
+    OperationalError, so whoever handles those handles this too; gRPC calls
+    answer UNAVAILABLE (server/grpc_errors.py)."""
+
+
+def _said(exc: BaseException) -> str:
+    """An error as one line (libpq's messages run over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _connection_lost(exc: psycopg.Error, conn: psycopg.AsyncConnection) -> bool:
+    """Whether `exc` says the connection or the server went away (rather than
+    a query cancelled, a deadlock or a serialization failure)."""
+    return conn.broken or conn.closed or (exc.sqlstate or "").startswith(("08", "57P"))
+
+
 def parse_job_id(job_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(job_id)
     except (ValueError, AttributeError, TypeError):
-        raise NotFound(f"job {job_id!r} not found") from None
+        raise NotFound(f"job {quoted(job_id)} not found") from None
 
 
 class JobStore:
+    """The job database through a pool of connections.
+
+    What it knows of the database: believed up until a ping fails, then
+    known down until a ping gets an answer (pings ask the server directly
+    while it is down, since the pool may still be waiting to reconnect). A
+    store whose database someone keeps probing (the gRPC server's health
+    monitor sets `fail_fast`) refuses calls at once while the database is
+    known down, and a call waiting for a connection is refused as soon as it
+    is found down; otherwise (a worker) calls wait up to POOL_WAIT for a
+    connection. A call that meets a lost connection sets `trouble`, so a
+    monitor probes at once."""
+
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10):
         self.url = url
+        self.fail_fast = False
+        self.trouble = asyncio.Event()  # set when a call met a lost connection or waited in vain
+        self._suspect = False  # the same, for the next ping: ask the server itself
+        self._down_since: float | None = None  # monotonic; None while the database is believed up
+        self._down = asyncio.Event()  # set while it is known down
+        self._up = asyncio.Event()  # set while it is believed up
+        self._up.set()
+        self._purge_task: asyncio.Task | None = None
         self.pool = AsyncConnectionPool(
             url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": True},
-            check=AsyncConnectionPool.check_connection,
+            kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT, **TCP_OPTIONS},
+            check=self._check_connection,
+            timeout=POOL_WAIT,
+            # The pool gives a lost connection up after RECONNECT_GIVE_UP and
+            # starts a fresh one (_reconnect_failed), rather than backing off
+            # for minutes: a database that is back is found within that.
+            reconnect_timeout=RECONNECT_GIVE_UP,
+            reconnect_failed=self._reconnect_failed,
             open=False,
         )
 
@@ -104,7 +170,121 @@ class JobStore:
         await self.migrate()
 
     async def close(self) -> None:
+        if self._purge_task is not None:
+            self._purge_task.cancel()
         await self.pool.close()
+
+    # What the store knows of the database.
+
+    @property
+    def down(self) -> bool:
+        """Whether the database is known to be down (a ping found it so)."""
+        return self._down_since is not None
+
+    async def wait_for_database(self, timeout: float) -> None:
+        """Sleeps `timeout` seconds, or less when the database is known down
+        and a ping finds it answering again meanwhile."""
+        if not self.down:
+            await asyncio.sleep(timeout)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+
+    def _found_down(self, exc: BaseException) -> None:
+        if self.down:
+            return
+        self._down_since = time.monotonic()
+        self._up.clear()
+        self._down.set()
+        log.warning("the job database does not answer (%s)%s", _said(exc),
+                    ": calls fail at once until it does" if self.fail_fast else "")
+        self._purge()
+
+    def _found_up(self) -> None:
+        if not self.down:
+            return
+        log.info("the job database answers again after %.1f s", time.monotonic() - self._down_since)
+        self._down_since = None
+        self._down.clear()
+        self._up.set()
+        self._purge()
+
+    def _purge(self) -> None:
+        """Checks the idle connections in the background, replacing the broken
+        ones (after a restart they all are), so that no call meets them."""
+        if self._purge_task is None or self._purge_task.done():
+            self._purge_task = asyncio.get_running_loop().create_task(self.pool.check(), name="store-purge")
+            self._purge_task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _troubled(self) -> None:
+        self._suspect = True
+        self.trouble.set()
+
+    async def _check_connection(self, conn: psycopg.AsyncConnection) -> None:
+        """The pool's check of a connection before it hands it out."""
+        try:
+            await conn.execute("")
+        except Exception:
+            self._purge()  # those idle beside it are likely broken the same way
+            self._troubled()
+            raise
+
+    async def _reconnect_failed(self, pool: AsyncConnectionPool) -> None:
+        # The pool has given a connection up: keep one attempt going, so the
+        # pool is ready again as soon as the database is.
+        if not pool.closed:
+            await pool.check()
+
+    # Connections for calls.
+
+    async def _getconn(self) -> psycopg.AsyncConnection:
+        try:
+            if not self.fail_fast:
+                return await self.pool.getconn()
+            if self.down:
+                raise DatabaseUnavailable(UNAVAILABLE)
+            # Wait for a connection (the pool may be busy, or replacing the
+            # broken one it had ready), but only until the database is found down.
+            getting = asyncio.ensure_future(self.pool.getconn(REQUEST_WAIT))
+            went_down = asyncio.ensure_future(self._down.wait())
+            try:
+                done, _ = await asyncio.wait((getting, went_down), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                went_down.cancel()
+                if not getting.done():
+                    self._abandon(getting)
+            if getting not in done:
+                raise DatabaseUnavailable(UNAVAILABLE)
+            return getting.result()
+        except PoolTimeout as exc:
+            self._troubled()
+            raise DatabaseUnavailable(f"{UNAVAILABLE} ({_said(exc)})") from exc
+
+    def _abandon(self, getting: asyncio.Future) -> None:
+        """Cancels a wait for a connection; one that came meanwhile goes back."""
+        def give_back(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                asyncio.ensure_future(self.pool.putconn(future.result()))
+
+        getting.add_done_callback(give_back)
+        getting.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pooled connection for one call, as pool.connection() gives one,
+        with a lost connection said as DatabaseUnavailable."""
+        conn = await self._getconn()
+        try:
+            async with conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, DatabaseUnavailable) or not _connection_lost(exc, conn):
+                raise
+            self._troubled()
+            raise DatabaseUnavailable(f"{UNAVAILABLE} (lost the connection: {_said(exc)})") from exc
+        finally:
+            await self.pool.putconn(conn)
 
     async def migrate(self) -> None:
         async with self.pool.connection() as conn, conn.transaction():
@@ -126,12 +306,12 @@ class JobStore:
                 )
 
     async def _one(self, name: str, /, **params: Any) -> dict[str, Any] | None:
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(QUERIES[name], params)
             return await cur.fetchone()
 
     async def _all(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             cur = await conn.execute(QUERIES[name], params)
             return await cur.fetchall()
 
@@ -211,7 +391,28 @@ class JobStore:
         raise Conflict(f"job {job_id} is {job['status']}; only a finished job can be retried")
 
     async def ping(self) -> None:
-        await self._one("ping")
+        """Returns when the database answers, else raises DatabaseUnavailable;
+        either way the store now knows. Asks through the pool while the
+        database is believed up, and the server itself when that fails, while
+        it is known down, or when a call met a lost connection since the last
+        ping."""
+        suspect, self._suspect = self._suspect, False
+        if not (self.down or suspect):
+            try:
+                async with self.pool.connection(timeout=PING_WAIT) as conn:
+                    await conn.execute(QUERIES["ping"])
+                return
+            except psycopg.OperationalError:
+                pass  # a lost connection or a busy pool: ask the server itself
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=PROBE_CONNECT_TIMEOUT, **TCP_OPTIONS
+            ) as conn:
+                await conn.execute(QUERIES["ping"])
+        except psycopg.OperationalError as exc:
+            self._found_down(exc)
+            raise DatabaseUnavailable(f"the job database does not answer: {_said(exc)}") from exc
+        self._found_up()
 
     async def queue_stats(self) -> tuple[int, float]:
         """Pending jobs that are due, and the age in seconds of the oldest pending one."""
@@ -225,7 +426,7 @@ class JobStore:
 
     async def claim_jobs(self, worker_id: str, job_types: list[str], lease: float, limit: int) -> list[Claim]:
         rows = await self._all("claim_jobs", worker_id=worker_id, job_types=job_types, lease=lease, limit=limit)
-        rows.sort(key=lambda r: (-r["priority"], r["run_after"], r["created_at"]))
+        rows.sort(key=lambda r: (-r["priority"], r["queued_at"]))
         return [Claim(row, worker_id) for row in rows]
 
     async def claim_job(self, worker_id: str, job_types: list[str], lease: float) -> Claim | None:
@@ -256,9 +457,12 @@ class JobStore:
         output: dict | None = None,
         error: dict | None = None,
         retry_in: float = 0.0,
+        failed: bool = False,
     ) -> dict[str, Any] | None:
         """Ends the attempt; None when the claim was lost meanwhile (the
-        result is then dropped: another worker owns the job)."""
+        result is then dropped: another worker owns the job). `failed`: the
+        attempt failed, and counts in the job's run of failures
+        (`failing_since`, `failures`); completing ends the run."""
         return await self._one(
             "finish_job",
             id=claim.id,
@@ -268,7 +472,13 @@ class JobStore:
             output=Jsonb(output) if output is not None else None,
             error=Jsonb(error) if error is not None else None,
             retry_in=retry_in,
+            failed=failed,
         )
+
+    async def end_failing_streak(self, claim: Claim) -> None:
+        """The held attempt made progress: the job is no longer failing, and
+        its retry budget starts afresh at its next failure."""
+        await self._one("end_failing_streak", id=claim.id, worker_id=claim.worker_id, attempt=claim.attempt)
 
     async def save_caption(self, job_id: uuid.UUID, recipe: str, caption: Caption) -> None:
         async with self.pool.connection() as conn:
@@ -279,8 +489,11 @@ class JobStore:
         rows = await self._all("job_captions", job_id=job_id, recipe=recipe)
         return {row["image_id"]: Caption(**row) for row in rows}
 
-    async def rescue_jobs(self) -> list[dict[str, Any]]:
-        return await self._all("rescue_jobs")
+    async def rescue_jobs(self, retry_for: float | None = None) -> list[dict[str, Any]]:
+        """Takes back the jobs whose lease ran out (their `id` and new
+        `status`): pending again in their place, or failed when out of
+        attempts or failing for `retry_for` seconds or more."""
+        return await self._all("rescue_jobs", retry_for=retry_for)
 
     # Notifications.
 
@@ -288,13 +501,21 @@ class JobStore:
         """Yields the payload of each notification on `channel`, forever,
         reconnecting when the connection drops. Yields "" after each
         (re)connect, since notifications sent while away are lost."""
+        lost_at: float | None = None
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **TCP_OPTIONS
+                ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    if lost_at is not None:
+                        log.info("listening on %s again after %.1f s", channel, time.monotonic() - lost_at)
+                        lost_at = None
                     yield ""
                     async for note in conn.notifies():
                         yield note.payload
             except psycopg.OperationalError as exc:
-                log.warning("lost the listen connection on %s (%s); reconnecting", channel, exc)
+                if lost_at is None:  # said once; tried again every reconnect_delay until it works
+                    lost_at = time.monotonic()
+                    log.warning("lost the listen connection on %s (%s); reconnecting", channel, _said(exc))
                 await asyncio.sleep(reconnect_delay)

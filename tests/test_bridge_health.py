@@ -1,6 +1,8 @@
 """`/health` and `/ready` of the bridge, read from the node's gRPC health
 service."""
 
+import asyncio
+
 import httpx
 
 from tests.conftest import running_bridge
@@ -36,3 +38,19 @@ async def test_not_ready_without_the_node():
             assert ready.status_code == 503
             assert set(ready.json()["checks"].values()) == {"unreachable"}
             assert (await http.get("/health")).status_code == 200
+
+
+async def test_health_answers_beside_silent_connections_which_are_closed_in_time():
+    """As `python -m server.bridge.main` serves it: a connection that sends
+    nothing is closed after HTTP_HEADER_TIMEOUT, and meanwhile takes nothing
+    from the others."""
+    from server.config import Settings
+
+    async with running_bridge("127.0.0.1:9", Settings(http_header_timeout=0.5)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/health")).status_code == 200
+        for reader, writer in silent:
+            assert await asyncio.wait_for(reader.read(), 30) == b"", "closed by the bridge, unanswered"
+            writer.close()

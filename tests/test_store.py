@@ -1,12 +1,13 @@
 """The job queue through a real PostgreSQL."""
 
 import asyncio
+import re
 import uuid
 
 import pytest
 
 from server.errors import BadInput, Conflict, NotFound
-from server.store import JOBS_READY_CHANNEL, JOB_EVENTS_CHANNEL, JobStore
+from server.store import JOBS_READY_CHANNEL, JOB_EVENTS_CHANNEL, QUERIES, JobStore
 
 TYPES = ["task_timing_v1", "vlm_only"]
 
@@ -96,6 +97,7 @@ async def test_rescue_fails_a_job_out_of_attempts(store):
     failed = await store.get_job(str(job["id"]))
     assert failed["status"] == "failed"
     assert failed["error"]["code"] == "lease_expired"
+    assert failed["error"]["message"] == "worker w1 stopped renewing its lease (max_attempts 1 reached)"
 
 
 async def test_renewal_keeps_a_job(store):
@@ -209,3 +211,142 @@ async def test_claim_several_at_once(store):
     claims = await store.claim_jobs("w1", TYPES, lease=30, limit=3)
     assert [c.job["priority"] for c in claims] == [2, 1, 0]
     assert len(await store.claim_jobs("w2", TYPES, lease=30, limit=10)) == 1
+
+
+# Retries that wait out a failure, and jobs that keep their place.
+
+
+async def sql(store, statement: str, *params):
+    """Runs a statement on the test's database (to set the scene), returning its rows."""
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(statement, params or None)
+        return await cur.fetchall() if cur.description else []
+
+
+async def test_a_rescued_job_is_claimed_before_newer_jobs(store):
+    old = await create(store)
+    await store.claim_job("dead-worker", TYPES, lease=0.01)
+    newer = [await create(store) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert [r["status"] for r in await store.rescue_jobs()] == ["pending"]
+    rescued = await store.get_job(old["id"])
+    assert rescued["run_after"] > newer[-1]["run_after"]  # due only now, yet first in line
+    order = [(await store.claim_job("w", TYPES, lease=30)).id for _ in range(4)]
+    assert order == [old["id"]] + [j["id"] for j in newer]
+
+
+async def test_a_job_retried_after_a_failure_keeps_its_place(store):
+    old = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    newer = await create(store)
+    await store.finish_job(claim, "pending", error={"code": "peer_unavailable", "message": "down"}, failed=True)
+    assert [c.id for c in await store.claim_jobs("w1", TYPES, lease=30, limit=2)] == [old["id"], newer["id"]]
+
+
+async def test_a_job_waiting_out_a_failure_is_passed_over_until_due(store):
+    old = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    await store.finish_job(claim, "pending", error={"code": "x", "message": "later"}, retry_in=60, failed=True)
+    newer = await create(store)
+    assert (await store.claim_job("w1", TYPES, lease=30)).id == newer["id"]
+    assert await store.claim_job("w1", TYPES, lease=30) is None
+    assert (await store.next_run_after(TYPES)) == (await store.get_job(old["id"]))["run_after"]
+
+
+async def test_a_put_retry_queues_the_job_anew(store):
+    first = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    await store.finish_job(claim, "failed", error={"code": "x", "message": "boom"}, failed=True)
+    waiting = await create(store)
+    again = await store.retry_job(str(first["id"]), job_type="vlm_only", input={"vlm_prompt": "again"})
+    assert again["queued_at"] > waiting["queued_at"] and again["created_at"] == first["created_at"]
+    assert again["failing_since"] is None and again["failures"] == 0 and again["attempts"] == 0
+    order = [(await store.claim_job("w", TYPES, lease=30)).id for _ in range(2)]
+    assert order == [waiting["id"], first["id"]]  # behind the job already waiting, as a new job would be
+
+
+async def test_priority_still_comes_first(store):
+    old = await create(store)
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    urgent = await create(store, priority=1)
+    await store.finish_job(claim, "pending", error={"code": "x", "message": "again"}, failed=True)
+    assert [c.id for c in await store.claim_jobs("w1", TYPES, lease=30, limit=2)] == [urgent["id"], old["id"]]
+
+
+async def test_a_run_of_failures_is_counted_until_progress_or_success(store):
+    job = await create(store, max_attempts=10)
+
+    async def fail(claim, **kw):
+        return await store.finish_job(claim, "pending", error={"code": "x", "message": "down"}, **kw)
+
+    first = await fail(await store.claim_job("w1", TYPES, lease=30), failed=True)
+    assert first["failures"] == 1 and first["failing_since"] is not None
+    second = await fail(await store.claim_job("w1", TYPES, lease=30), failed=True)
+    assert second["failures"] == 2 and second["failing_since"] == first["failing_since"]
+    handed_back = await fail(await store.claim_job("w1", TYPES, lease=30))  # not a failure: a worker stopping
+    assert handed_back["failures"] == 2 and handed_back["failing_since"] == first["failing_since"]
+    # Progress (a caption kept) ends the run; the next failure starts another.
+    claim = await store.claim_job("w1", TYPES, lease=30)
+    await store.end_failing_streak(claim)
+    assert (await store.get_job(job["id"]))["failing_since"] is None
+    third = await fail(claim, failed=True)
+    assert third["failures"] == 1 and third["failing_since"] > first["failing_since"]
+    # A lost lease counts as a failure too.
+    await store.claim_job("w1", TYPES, lease=0.01)
+    await asyncio.sleep(0.05)
+    await store.rescue_jobs()
+    rescued = await store.get_job(job["id"])
+    assert rescued["status"] == "pending" and rescued["failures"] == 2
+    assert rescued["failing_since"] == third["failing_since"]
+    done = await store.finish_job(await store.claim_job("w1", TYPES, lease=30), "completed", output={})
+    assert done["failing_since"] is None and done["failures"] == 0
+
+
+async def test_a_stale_claim_cannot_end_the_run_of_failures(store):
+    job = await create(store)
+    stale = await store.claim_job("w1", TYPES, lease=0.01)
+    await asyncio.sleep(0.05)
+    await store.rescue_jobs()
+    await store.end_failing_streak(stale)
+    assert (await store.get_job(job["id"]))["failures"] == 1
+
+
+async def test_rescue_fails_a_job_failing_for_longer_than_its_budget(store):
+    job = await create(store, max_attempts=100)
+    await sql(store, "UPDATE jobs SET failing_since = now() - interval '20 minutes', failures = 7 WHERE id = %s",
+              job["id"])
+    await store.claim_job("w1", TYPES, lease=0.01)
+    await asyncio.sleep(0.05)
+    assert [r["status"] for r in await store.rescue_jobs(retry_for=3600)] == ["pending"]  # an hour's budget
+    await store.claim_job("w1", TYPES, lease=0.01)
+    await asyncio.sleep(0.05)
+    assert [r["status"] for r in await store.rescue_jobs(retry_for=900)] == ["failed"]
+    failed = await store.get_job(job["id"])
+    assert failed["error"]["code"] == "lease_expired"
+    assert re.fullmatch(r"worker w1 stopped renewing its lease \(retried for 20 min \d s over 9 attempts\)",
+                        failed["error"]["message"]), failed["error"]["message"]
+
+
+async def test_the_claim_query_uses_the_claim_index(store):
+    """Thousands of jobs, most of them finished, some waiting out a failure:
+    the claim walks the partial index in claim order, and is not sorted."""
+    await sql(store, """
+        INSERT INTO jobs (job_type, status, priority, queued_at, run_after)
+        SELECT 'vlm_only',
+               CASE WHEN n % 10 = 0 THEN 'pending' ELSE 'completed' END,
+               n % 3,
+               now() - make_interval(secs => n),
+               now() + CASE WHEN n % 20 = 0 THEN interval '1 hour' ELSE interval '0' END
+        FROM generate_series(1, 20000) AS n""")
+    await sql(store, "ANALYZE jobs")
+    async with store.pool.connection() as conn:
+        params = {"worker_id": "w", "job_types": TYPES, "lease": 30, "limit": 1}
+        cur = await conn.execute("EXPLAIN " + QUERIES["claim_jobs"], params)
+        plan = "\n".join(row["QUERY PLAN"] for row in await cur.fetchall())
+    print(plan)
+    assert "Index Scan using jobs_claim_idx" in plan and "Sort" not in plan, plan
+    # The longest waiting due jobs of the highest priority; those not yet due passed over.
+    expected = await sql(store, """SELECT id FROM jobs WHERE status = 'pending' AND priority = 2
+        AND run_after <= now() ORDER BY queued_at LIMIT 3""")
+    claims = await store.claim_jobs("w", TYPES, lease=30, limit=3)
+    assert [c.id for c in claims] == [row["id"] for row in expected]
