@@ -41,7 +41,7 @@ import httpx_aiohttp
 import ollama
 
 from server import metrics
-from server.errors import BadInput, NodeError, PeerRefused, PeerUnavailable
+from server.errors import BadInput, NodeError, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.retry import RetryStrategy
 from server.tokens import TokenEstimator, looks_cut
@@ -205,10 +205,10 @@ class OllamaEngine:
                         refused = any(m in e.error for m in PULL_REFUSALS) or 400 <= e.status_code < 500
                         if refused:
                             raise PeerRefused(
-                                f"could not pull model '{model}' on Ollama at {self.host}: {e.error}",
+                                f"could not pull model {quoted(model)} on Ollama at {self.host}: {e.error}",
                                 code="model_missing",
                             ) from e
-                        raise PeerUnavailable(f"could not pull model '{model}' on Ollama at {self.host}: {e.error}") from e
+                        raise PeerUnavailable(f"could not pull model {quoted(model)} on Ollama at {self.host}: {e.error}") from e
                 return
             except PeerUnavailable:
                 if not self.pull_retry.should_retry(attempt):
@@ -300,7 +300,7 @@ class OllamaEngine:
     ) -> AsyncIterator[ollama.GenerateResponse]:
         model = info.name
         if images and not info.vision:
-            raise PeerRefused(f"model '{model}' cannot see images (Ollama at {self.host})", code="model_unsuitable")
+            raise PeerRefused(f"model {quoted(model)} cannot see images (Ollama at {self.host})", code="model_unsuitable")
         window = info.window(self._num_ctx.get(model, self._vlm_num_ctx))
         estimator = self.tokens[model]
         need = estimator.prompt(prompt, len(images))
@@ -408,7 +408,7 @@ class OllamaEngine:
         )
 
     def _model_missing(self, model: str) -> PeerRefused:
-        return PeerRefused(f"model '{model}' is not available on Ollama at {self.host}", code="model_missing")
+        return PeerRefused(f"model {quoted(model)} is not available on Ollama at {self.host}", code="model_missing")
 
     def _bad_answer(self, detail: str) -> PeerUnavailable:
         return PeerUnavailable(f"Ollama at {self.host} gave an invalid answer: {detail}", code="bad_model_answer")

@@ -5,10 +5,57 @@ gRPC status) and says whether trying again later may succeed.
 """
 
 
-def shown(value: object) -> str:
+MAX_SHOWN = 80  # characters of a caller's value that a message repeats
+
+
+def shown(value: object, limit: int = MAX_SHOWN) -> str:
     """A caller's value as it goes into a one-line message: as it is when it
-    is printable text, else quoted with its control characters escaped."""
-    return value if isinstance(value, str) and value.isprintable() else repr(value)
+    is printable text, else quoted with its control characters escaped; cut
+    to `limit` characters, ending in "...", when longer. A message names what
+    was wrong, it does not carry the input back (a 500 KB value echoed whole
+    would outgrow gRPC's trailing metadata and any log line)."""
+    cut = isinstance(value, str) and len(value) > limit
+    if cut:
+        value = value[:limit]  # before repr: a long value is never copied whole
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    if cut or len(text) > limit:
+        return text[: max(limit - 3, 1)] + "..."
+    return text
+
+
+def quoted(value: object, limit: int = MAX_SHOWN) -> str:
+    """`repr(value)`, as "got 'x'" messages show a caller's value (an empty
+    string stays visible), a string longer than `limit` cut first: 'bbb'..."""
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + "..."
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def listed(values, at_most: int = 5) -> str:
+    """Callers' values joined for a message, each `shown`, the first
+    `at_most` of them and how many more: "a, b, c, d, e and 995 more"."""
+    values = list(values)
+    head = ", ".join(shown(v) for v in values[:at_most])
+    return head if len(values) <= at_most else f"{head} and {len(values) - at_most:,} more"
+
+
+# A gRPC status message travels in trailing metadata, percent-encoded (a byte
+# outside printable ASCII takes three), and gRPC clients refuse metadata past
+# 8 KB now and then and past 16 KB always ("received metadata size exceeds hard
+# limit": RESOURCE_EXHAUSTED in place of the real code). So a message that
+# leaves the node is cut to this many UTF-8 bytes, 3 KB at most once encoded.
+MAX_MESSAGE_BYTES = 1024
+
+
+def short_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`message` within `limit` UTF-8 bytes, cut at a character and ending in "..."."""
+    if len(message) <= limit // 4:  # no character takes more than 4 bytes
+        return message
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return message
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 class NodeError(Exception):

@@ -9,7 +9,17 @@ import grpc
 import psycopg
 import psycopg_pool
 
-from server.errors import BadInput, Conflict, NodeError, NotFound, PeerRefused, PeerUnavailable, TimedOut, TooLarge
+from server.errors import (
+    BadInput,
+    Conflict,
+    NodeError,
+    NotFound,
+    PeerRefused,
+    PeerUnavailable,
+    TimedOut,
+    TooLarge,
+    short_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +35,12 @@ CODES = {
 
 
 def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status and its message, cut to what trailing metadata carries (`short_message`)."""
+    code, message = _status(exc)
+    return code, short_message(message)
+
+
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, NodeError):
         for kind, code in CODES.items():
             if isinstance(exc, kind):

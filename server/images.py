@@ -1,23 +1,46 @@
 """Images go through Pillow once: checked, turned upright, scaled down, re-encoded.
 
-`prepare_image` is pure and CPU-bound; async callers run it in a thread
-(`await asyncio.to_thread(prepare_image, data)`).
+Decoding is where memory goes: a 131 KB PNG can declare 6300x6300 pixels and
+take 120 MB once decoded, and each conversion of it as much again. So the
+budget has three parts:
+
+- a pixel limit (`MAX_PIXELS`, IMAGE_MAX_PIXELS), checked from the header
+  before anything is decoded;
+- a decode that shrinks first: JPEGs decode at 1/2, 1/4 or 1/8 scale when the
+  model's size allows (`draft`), other formats are scaled down (`reduce`
+  first, then resampled) before any full-size copy is made;
+- few decodes at once: `prepare` and `tile` run in this process's decode pool,
+  one thread per slot (IMAGE_DECODE_SLOTS, default one per core), whoever
+  asks (realtime streams and job captions alike). A slot holds at most about
+  `max_pixels` x 4 bytes twice over while it decodes.
+
+`prepare_image` and `contact_sheet` are pure and CPU-bound; async callers
+await `prepare` and `tile`, never `asyncio.to_thread`, which would decode on
+as many threads as the default executor has.
 """
 
+import asyncio
+import functools
 import io
 import math
+import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from PIL import ExifTags, Image, ImageDraw, ImageOps
+from PIL import ExifTags, Image, ImageDraw
 
 from server.errors import BadInput
 
 MAX_SIDE = 1024  # pixels, longest side sent to the model
 MAX_BYTES = 20 * 1024 * 1024  # bytes of encoded input
-MAX_PIXELS = 40_000_000  # width * height of the decoded input
+# width * height of the decoded input: 4096x4096, 16.8 Mpx. Glasses send at most
+# about 5 Mpx and phones 12 Mpx (4032x3024), so this leaves room for both; a
+# decode at the limit takes 50 MB (RGB) to 67 MB (RGBA).
+MAX_PIXELS = 4096 * 4096
 JPEG_QUALITY = 85
 EXIF_DATETIME_FORMAT = "%Y:%m:%d %H:%M:%S"
 
@@ -54,12 +77,30 @@ def prepare_image(
         image.draft("RGB", (max_side, max_side))  # JPEG only: decode at a reduced scale when possible
         _load(image)
         taken_at = _taken_at(image)
-        upright = ImageOps.exif_transpose(image)
-        rgb = _to_rgb(upright)
-        rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        rgb.save(out, "JPEG", quality=JPEG_QUALITY)
+        small = _shrunk(image, max_side)
+    # Turned and flattened once small: each is a copy, cheap at this size.
+    turn = UPRIGHT.get(_orientation(small))
+    rgb = _to_rgb(small.transpose(turn) if turn is not None else small)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=JPEG_QUALITY)
     return PreparedImage(jpeg=out.getvalue(), width=rgb.width, height=rgb.height, taken_at=taken_at)
+
+
+async def prepare(
+    data: bytes,
+    *,
+    max_side: int = MAX_SIDE,
+    max_bytes: int = MAX_BYTES,
+    max_pixels: int = MAX_PIXELS,
+) -> PreparedImage:
+    """`prepare_image` in this process's decode pool: at most `decode_slots()`
+    images are decoded at once, however many callers wait."""
+    return await _in_pool(prepare_image, data, max_side=max_side, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+async def tile(jpegs: Sequence[bytes], *, max_side: int = MAX_SIDE) -> bytes:
+    """`contact_sheet` in this process's decode pool."""
+    return await _in_pool(contact_sheet, jpegs, max_side=max_side)
 
 
 def contact_sheet(jpegs: Sequence[bytes], *, max_side: int = MAX_SIDE) -> bytes:
@@ -86,13 +127,96 @@ def contact_sheet(jpegs: Sequence[bytes], *, max_side: int = MAX_SIDE) -> bytes:
     return out.getvalue()
 
 
+# The decode pool. One per process, made at its first use.
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_slots = 0  # 0: one per core
+
+
+def set_decode_slots(slots: int) -> None:
+    """How many images this process decodes at once (IMAGE_DECODE_SLOTS; 0:
+    one per core). Call at start, before the first decode."""
+    global _pool, _slots
+    if slots < 0:
+        raise ValueError("decode slots must be 0 or more")
+    with _pool_lock:
+        _slots = slots
+        old, _pool = _pool, None
+    if old is not None:
+        old.shutdown(wait=False)  # what it runs finishes; new work goes to a pool of the new size
+
+
+def decode_slots() -> int:
+    return _slots or _cores()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on, not the machine's
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+async def _in_pool(fn: Callable, *args, **kwargs):
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=decode_slots(), thread_name_prefix="image-decode")
+        pool = _pool
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+
+
+RESAMPLED_MODES = ("RGB", "RGBA", "L", "LA")  # modes Pillow resamples as they are
+
+
+def _shrunk(image: Image.Image, max_side: int) -> Image.Image:
+    """A new image of at most `max_side` a side, made before any full-size copy
+    but the one a mode needs (a palette image is resampled only as RGB(A)).
+    EXIF and the rest of `info` go with it."""
+    work = image
+    if image.mode not in RESAMPLED_MODES or "transparency" in image.info:
+        work = image.convert("RGBA" if _transparent(image) else "RGB")
+    # In place; a much larger image is first reduced by a whole factor (reducing_gap).
+    work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return work.copy() if work is image else work
+
+
+def _transparent(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
 def _usable_as_is(image: Image.Image, max_side: int) -> bool:
     return (
         image.format == "JPEG"
         and image.mode in ("RGB", "L")
         and max(image.size) <= max_side
-        and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        and _orientation(image) == 1
     )
+
+
+# What turns an image of each EXIF orientation upright, as Pillow's
+# ImageOps.exif_transpose does; that one also rewrites the EXIF block, which
+# fails on a block with mistyped tags, and the JPEG we send carries none.
+UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation, 1 (upright) when the EXIF block is unreadable: Pillow
+    raises SyntaxError ("not a TIFF file") for a malformed one, which glasses'
+    and phones' files carry now and then without being broken images."""
+    try:
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
 
 
 def _load(image: Image.Image) -> None:
@@ -132,7 +256,7 @@ def _open(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB, with any transparency laid over white (not the black that a plain convert gives)."""
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if _transparent(image):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))

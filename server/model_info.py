@@ -1,6 +1,7 @@
 """What Ollama says about a model (`/api/show`): what it can do, and how much
 it can read at once."""
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 # several, moondream describes the last (m87-labs/moondream issues 12, 56)
 # and Ollama refuses more than one for mllama (server/routes.go).
 MULTI_IMAGE_FAMILIES = frozenset({"qwen2vl", "qwen25vl", "qwen3vl", "qwen3vlmoe", "gemma3", "gemma3n", "mistral3", "llama4"})
+# The characters Ollama accepts in a name (host/namespace/model:tag), so a
+# name with others is refused before it reaches a message or a request
+# (ollama/ollama: types/model/name.go, isValidPart).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]*")
 MIN_VISION_CONTEXT = 2048  # Ollama gives a vision model at least this (server/sched.go, getRunner)
 
 

@@ -19,9 +19,9 @@ from vlmnode.v1 import inference_pb2
 from server import metrics
 from server.coalesce import coalesced
 from server.engine import OllamaEngine
-from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, shown
-from server.images import check_image, contact_sheet, prepare_image
-from server.model_info import ModelInfo
+from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, quoted, shown
+from server.images import MAX_PIXELS, check_image, prepare, tile
+from server.model_info import MODEL_NAME, ModelInfo
 
 NO_PROMPT = "No prompt received for image batch"
 # Said before the prompt when a batch reaches the model as one contact sheet.
@@ -31,7 +31,7 @@ TILED = "The image shows {n} frames from a camera, in time order, left to right 
 @dataclass(frozen=True)
 class RealtimeLimits:
     max_frame_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS  # IMAGE_MAX_PIXELS: refused from the header, before any decode
     max_batch: int = 16  # frames per answer
     max_prompt_chars: int = 8000
     max_num_predict: int = 8192
@@ -71,6 +71,8 @@ def stream_settings(
         raise BadInput(f"prompt is longer than {limits.max_prompt_chars} characters")
     if len(config.model) > 200:
         raise BadInput("model name is longer than 200 characters")
+    if config.model and not MODEL_NAME.fullmatch(config.model):
+        raise BadInput(f"model name {quoted(config.model)} is not a model name (letters, digits and . _ - : / only)")
     options: dict = {}
     if config.num_predict:
         options["num_predict"] = config.num_predict
@@ -196,8 +198,14 @@ class Session:
 
     async def _answer(self, batch: list[QueuedFrame]) -> AsyncIterator[inference_pb2.InferResponse]:
         prompt = self.prompt
+        limits = self.limits
         prepared = await asyncio.gather(
-            *(asyncio.to_thread(prepare_image, f.image, max_side=self.limits.image_max_side) for f in batch),
+            *(
+                prepare(
+                    f.image, max_side=limits.image_max_side, max_bytes=limits.max_frame_bytes, max_pixels=limits.max_pixels
+                )
+                for f in batch
+            ),
             return_exceptions=True,
         )
         images, frame_ids = [], []
@@ -251,5 +259,5 @@ class Session:
             return images, frame_ids, prompt
         if self.limits.single_image == "newest":
             return images[-1:], frame_ids[-1:], prompt
-        sheet = await asyncio.to_thread(contact_sheet, images, max_side=self.limits.image_max_side)
+        sheet = await tile(images, max_side=self.limits.image_max_side)
         return [sheet], frame_ids, TILED.format(n=len(images)) + prompt

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from server.domain import DataItem, capture_time, is_image, validate_query
 from server.errors import BadInput
-from server.images import MAX_BYTES, prepare_image
+from server.images import MAX_BYTES, prepare
 from server.store import Caption
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,9 @@ async def caption_images(ctx: CaptionContext, peers, prompt: str) -> tuple[list[
     async def caption(item: DataItem) -> None:
         async with slots:
             try:
-                prepared = await asyncio.to_thread(prepare_image, item.data or b"", max_side=settings.image_max_side)
+                prepared = await prepare(
+                    item.data or b"", max_side=settings.image_max_side, max_pixels=settings.image_max_pixels
+                )
             except BadInput as exc:
                 skipped.append(_skip(item, exc.message))
                 return

@@ -7,12 +7,14 @@ from server.config import Settings, load
 
 
 async def _run(settings: Settings) -> None:
+    from server import images
     from server.ops_http import OpsServer
     from server.peers import check_ollama, domain_client, ollama_engine
     from server.store import JobStore
     from worker.pipelines import Peers
     from worker.runner import Worker
 
+    images.set_decode_slots(settings.image_decode_slots)
     store = JobStore(settings.postgres_url, max_size=4)
     await store.open()
     peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
