@@ -4,7 +4,9 @@ A missing or malformed variable stops the process at start with one line
 naming it (`ConfigError`).
 """
 
+import ipaddress
 import os
+import re
 import sys
 from dataclasses import dataclass, fields
 from typing import Mapping
@@ -15,7 +17,8 @@ class ConfigError(Exception):
 
 
 SINGLE_IMAGE_POLICIES = ("tile", "newest")
-ZERO_MEANS_DEFAULT = {"caption_slots", "vlm_max_images"}  # integer settings where 0 asks for the derived default
+# Integer settings where 0 asks for the derived default.
+ZERO_MEANS_DEFAULT = {"caption_slots", "vlm_max_images", "image_decode_slots"}
 
 
 def _int(name: str, value: str, lo: int, hi: int) -> int:
@@ -45,6 +48,43 @@ def _bool(name: str, value: str) -> bool:
     if v in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+DEFAULT_ALLOWED_ORIGINS = ",".join(
+    f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]") for scheme in ("http", "https")
+)
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.\-]*://(\[[0-9a-f:.]+\]|[a-z0-9\-._~%]+)(:(\d{1,5}|\*))?", re.IGNORECASE)
+
+
+def _list(name: str, value: str, check) -> str:
+    """A comma-separated list, each entry checked by `check` (which raises ValueError)."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    for entry in entries:
+        try:
+            check(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return ",".join(entries)
+
+
+def _origin(entry: str) -> None:
+    if entry != "*" and not _ORIGIN.fullmatch(entry):
+        raise ValueError(f"{entry!r} is not an origin (scheme://host[:port], a port of * for any, or *)")
+
+
+def _network(entry: str) -> None:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError(f"{entry!r} is not an IP network (e.g. 10.0.0.0/8, fd00::/8, 127.0.0.1)") from None
+
+
+def _host(entry: str) -> None:
+    if not re.fullmatch(r"(\*\.)?[a-z0-9\-._]+|\[?[0-9a-f:.]+\]?", entry, re.IGNORECASE):
+        raise ValueError(f"{entry!r} is not a host name (e.g. hooks.internal, *.svc.cluster.local)")
+
+
+LISTS = {"allowed_origins": _origin, "webhook_allow_networks": _network, "webhook_allow_hosts": _host}
 
 
 def _url(name: str, value: str) -> str:
@@ -94,8 +134,8 @@ class Settings:
     metrics_port: int = 9100  # the gRPC server process's /metrics and /health; 0: any free port
     worker_health_port: int = 8081  # a worker's /health and /metrics; 0: any free port
     job_lease: float = 30.0  # seconds a claim lasts without renewal
-    job_max_attempts: int = 5
-    job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time
+    job_max_attempts: int = 100  # attempts a job gets at most, however they end; a cap beside JOB_RETRY_FOR
+    job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time, up to JOB_RETRY_MAX_WAIT
     realtime_max_frame_bytes: int = 8 * 1024 * 1024
     realtime_max_batch: int = 16  # frames per realtime answer
     realtime_idle_timeout: float = 300.0  # seconds a stream may stay silent
@@ -108,6 +148,27 @@ class Settings:
     grpc_ca_file: str = ""  # the bridge's trust for a TLS gRPC server; default tls_cert_file
     webhook_secret: str = ""
     webhook_attempts: int = 5
+    # Decoding images under a memory budget (server/images.py).
+    image_max_pixels: int = 4096 * 4096  # width x height; glasses send up to ~5 Mpx, phones 12 Mpx
+    image_decode_slots: int = 0  # images one process decodes at once; 0: one per core
+    # The bridge's connections (server/bridge/connections.py).
+    http_header_timeout: float = 10.0  # seconds for a request's head, from the connection's opening or its first byte
+    http_max_connections: int = 1000  # connections served at once; a request past it is answered 503
+    # Web pages (origins) whose scripts may call the bridge, besides its own origin:
+    # scheme://host[:port], a port of * for any, or * for every page.
+    allowed_origins: str = DEFAULT_ALLOWED_ORIGINS
+    # Webhook receivers the node may reach although they are not public addresses
+    # (loopback, private, link-local, ...): host names (*.suffix for subdomains) and CIDRs.
+    webhook_allow_hosts: str = ""
+    webhook_allow_networks: str = ""
+    # A WatchJob (and the bridge's event stream over it) that has sent its job
+    # rides out a database outage this long, then ends with UNAVAILABLE.
+    watch_outage_limit: float = 300.0  # seconds
+    # A job's transient failures (Ollama or posemesh down, 5xx, timeouts, its
+    # worker lost) are retried for this long from the first failure in a row
+    # (a caption made, or a PUT retry, starts the count afresh).
+    job_retry_for: float = 900.0  # seconds
+    job_retry_max_wait: float = 60.0  # seconds; the longest wait between two attempts
     log_level: str = "INFO"
 
     @property
@@ -148,6 +209,8 @@ class Settings:
                 if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
                     raise ConfigError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
                 parsed[key] = raw.upper()
+            elif key in LISTS:
+                parsed[key] = _list(name, raw, LISTS[key])
             elif kind is bool:
                 parsed[key] = _bool(name, raw)
             elif kind is int:

@@ -42,7 +42,7 @@ from urllib.parse import quote
 import httpx
 from python_multipart.multipart import parse_options_header
 
-from server.errors import BadInput, PeerRefused, PeerUnavailable, shown
+from server.errors import BadInput, PeerRefused, PeerUnavailable, listed, quoted, shown
 
 __all__ = [
     "BATCH_SIZE",
@@ -128,7 +128,7 @@ class DomainQuery:
 
 def validate_domain_id(domain_id: Any) -> str:
     if not isinstance(domain_id, str) or not _UUID_RE.fullmatch(domain_id.strip()):
-        raise BadInput(f"domain_id must be a UUID, got {domain_id!r}")
+        raise BadInput(f"domain_id must be a UUID, got {quoted(domain_id)}")
     return domain_id.strip().lower()
 
 
@@ -157,7 +157,7 @@ def validate_query(query: Any) -> DomainQuery:
         raise BadInput(f"query must be an object, got {type(query).__name__}")
     unknown = sorted(set(query) - {"ids", "name", "data_type"})
     if unknown:
-        raise BadInput(f"query has unknown keys: {', '.join(map(shown, unknown))} (allowed: ids, name, data_type)")
+        raise BadInput(f"query has unknown keys: {listed(unknown)} (allowed: ids, name, data_type)")
     if "ids" not in query:
         raise BadInput("query.ids is required (use [] for all data in the domain)")
     ids = query["ids"]
@@ -179,7 +179,7 @@ def _check_ids(ids: Any, what: str) -> tuple[str, ...]:
         if not isinstance(item_id, str):
             raise BadInput(f"{what}[{n}] must be a string, got {type(item_id).__name__}")
         if not _UUID_RE.fullmatch(item_id):
-            raise BadInput(f"{what}[{n}] is not a UUID: {item_id[:64]!r}")
+            raise BadInput(f"{what}[{n}] is not a UUID: {quoted(item_id)}")
         seen.setdefault(item_id.lower(), None)
     return tuple(seen)
 

@@ -126,6 +126,7 @@ def settings(database_url, fake_ollama, posemesh):
         job_lease=2.0,
         job_retry_wait=0.05,
         webhook_secret="s3cret",
+        webhook_allow_networks="127.0.0.0/8",  # the test webhook receivers listen on 127.0.0.1
         webhook_attempts=3,
         metrics_port=0,
         worker_health_port=0,

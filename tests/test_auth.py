@@ -16,9 +16,11 @@ from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from server.auth import Tokens
+from server.bridge.auth import QUERY_TOKEN_REFUSED
 from server.grpc_server import NodeServer
 from tests.conftest import running_bridge
 from tests.images import solid_jpeg
+from tests.test_job_service import create_request
 
 TOKEN = "s3cr3t-token-for-tests"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
@@ -68,22 +70,44 @@ async def test_grpc_wants_a_token_except_for_health(secured):
 
 async def test_bridge_wants_the_same_token_and_passes_it_on(secured, caplog):
     tokens = Tokens([TOKEN])
-    async with running_bridge(f"127.0.0.1:{secured.port}", tokens=tokens) as base:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}")
+    async with channel, running_bridge(f"127.0.0.1:{secured.port}", tokens=tokens) as base:
         async with httpx.AsyncClient(base_url=base) as http:
             for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}):
                 refused = await http.get("/api/v1/jobs", headers=headers)
                 assert refused.status_code == 401 and refused.json() == {"error": "missing or invalid bearer token"}
                 assert refused.headers["www-authenticate"] == "Bearer"
             assert (await http.get("/api/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"})).json() == []
-            assert (await http.get("/api/v1/jobs", params={"access_token": TOKEN})).json() == []
+            # In the query only where a browser cannot set headers: the event streams and the WebSocket.
+            refused = await http.get("/api/v1/jobs", params={"access_token": TOKEN})
+            assert refused.status_code == 401
+            assert refused.json() == {"error": QUERY_TOKEN_REFUSED}
+            job = (await jobs_pb2_grpc.JobServiceStub(channel).CreateJob(create_request(), metadata=AUTH)).job
+            for method, path in (("GET", f"/api/v1/jobs/{job.id}"), ("POST", f"/api/v1/jobs/{job.id}/cancel"),
+                                 ("PUT", f"/api/v1/jobs/{job.id}")):
+                refused = await http.request(method, path, params={"access_token": TOKEN})
+                assert refused.status_code == 401, (method, path)
+            for token, status in ((TOKEN, 200), ("nope", 401)):
+                async with http.stream("GET", f"/api/v1/jobs/{job.id}/events", params={"access_token": token}) as events:
+                    assert events.status_code == status
+                    if status == 200:
+                        assert await anext(events.aiter_lines()) == "event: job"
             for open_path in ("/health", "/ready", "/openapi.json"):
                 assert (await http.get(open_path)).status_code == 200, open_path
 
         ws_url = base.replace("http://", "ws://") + "/api/v1/ws"
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(ws_url):
-                pass
-        assert refused.value.response.status_code == 401
+        for refused_with in (dict(), dict(subprotocols=["vlmnode", "bearer.nope"]), dict(uri=ws_url + "?access_token=nope")):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(refused_with.pop("uri", ws_url), **refused_with):
+                    pass
+            assert refused.value.response.status_code == 401
+        # The token offered alone as a subprotocol is taken, and never echoed back.
+        async with websockets.connect(ws_url, subprotocols=[f"bearer.{TOKEN}"]) as ws:
+            assert ws.subprotocol is None
+            assert "sec-websocket-protocol" not in ws.response.headers
+            await ws.send("hello")
+        async with websockets.connect(ws_url + f"?access_token={TOKEN}") as ws:
+            await ws.send("hello")
         # Browsers cannot set headers: the token rides as a subprotocol.
         async with websockets.connect(ws_url, subprotocols=["vlmnode", f"bearer.{TOKEN}"]) as ws:
             assert ws.subprotocol == "vlmnode"

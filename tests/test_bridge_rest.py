@@ -17,6 +17,7 @@ INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe
 JOB_KEYS = ["id", "status", "job_type", "domain_id", "query", "input", "output", "error", "created_at", "updated_at"]
 EXTRA_KEYS = ["attempts", "max_attempts", "priority"]
 STATUS_ORDER = ["pending", "running", "completing", "uploading", "completed"]
+JSON = {"Content-Type": "application/json"}
 
 
 def create_body(**kw) -> dict:
@@ -90,13 +91,13 @@ async def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
 # Happy paths.
 
 
-async def test_create_get_list_cancel_retry(http):
+async def test_create_get_list_cancel_retry(http, settings):
     job = await create(http)
     check_job_shape(job)
     assert job["status"] == "pending" and job["job_type"] == "task_timing_v1" and job["domain_id"] == DOMAIN_ID
     assert job["query"] == {"ids": []} and job["input"] == INPUT
     assert job["output"] is None and job["error"] is None
-    assert job["attempts"] == 0 and job["max_attempts"] == 5 and job["priority"] == 0
+    assert job["attempts"] == 0 and job["max_attempts"] == settings.job_max_attempts and job["priority"] == 0
 
     got = await http.get(f"/api/v1/jobs/{job['id']}")
     assert got.status_code == 200 and got.json() == job
@@ -169,10 +170,10 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
 
     missing = str(uuid.uuid4())
     create_cases = [
-        (dict(content=b"{not json"), 400, "request body is not valid JSON"),
-        (dict(content=b"\xff\xfe\x00garbage"), 400, "not valid JSON"),
-        (dict(content=b"[" * 100000), 400, "not valid JSON"),
-        (dict(content=b""), 400, "empty"),
+        (dict(content=b"{not json", headers=JSON), 400, "request body is not valid JSON"),
+        (dict(content=b"\xff\xfe\x00garbage", headers=JSON), 400, "not valid JSON"),
+        (dict(content=b"[" * 100000, headers=JSON), 400, "not valid JSON"),
+        (dict(content=b"", headers=JSON), 400, "empty"),
         (dict(json=[create_body()]), 400, "must be a JSON object"),
         (dict(json="task_timing_v1"), 400, "must be a JSON object"),
         (dict(json={k: v for k, v in create_body().items() if k != "job_type"}), 400, "job_type is required"),
@@ -193,13 +194,13 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
         (dict(json={**create_body(), "jobtype": "x"}), 400, "unknown field(s) in request body: jobtype"),
         (dict(json=create_body(input={**INPUT, "promt": "x"})), 400, "unknown input field"),
         (dict(json=create_body(query={"ids": [1]})), 400, "query.ids[0] must be a string"),
-        (dict(content=json.dumps(create_body()).replace('"ids": []', '"ids": [NaN]')), 400, "not valid JSON"),
-        (dict(content=json.dumps(create_body()).replace('"ids": []', '"ids": [], "n": 1e400')), 400, "out of range"),
+        (dict(content=json.dumps(create_body()).replace('"ids": []', '"ids": [NaN]'), headers=JSON), 400, "not valid JSON"),
+        (dict(content=json.dumps(create_body()).replace('"ids": []', '"ids": [], "n": 1e400'), headers=JSON), 400, "out of range"),
         (dict(json=create_body(input={"a": json.loads("[" * 40 + "]" * 40)})), 400, "nested"),
         (dict(json=create_body(query={"ids": [missing]})), 400, "No data found"),
         (dict(json=create_body(domain_id=missing)), 400, "domain"),
-        (dict(content=huge), 413, "larger than"),
-        (dict(content=chunked()), 413, "larger than"),
+        (dict(content=huge, headers=JSON), 413, "larger than"),
+        (dict(content=chunked(), headers=JSON), 413, "larger than"),
     ]
     list_cases = [
         ({"limit": "abc"}, "limit must be a non-negative integer"),
@@ -232,7 +233,7 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
     retry_cases = [
         (finished["id"], dict(json={"job_type": "vlm_only", "input": {"vlm_prompt": "x"}}), 400, "task_timing_v1 job"),
         (pending["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT}), 400, "only a finished job"),
-        (finished["id"], dict(content=b"{nope"), 400, "not valid JSON"),
+        (finished["id"], dict(content=b"{nope", headers=JSON), 400, "not valid JSON"),
         (finished["id"], dict(json=[]), 400, "must be a JSON object"),
         (finished["id"], dict(json={"input": INPUT}), 400, "job_type is required"),
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": "x"}), 400, "input must be an object"),
@@ -240,14 +241,14 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "id": "x"}), 400, "unknown field"),
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": {"\x1e": 2**60}}), 400,
          "input.'\\x1e' is a number out of range"),
-        (finished["id"], dict(content=huge), 413, "larger than"),
+        (finished["id"], dict(content=huge, headers=JSON), 413, "larger than"),
     ]
     for job_id, kwargs, status, match in retry_cases:
         check_error(await http.put(f"/api/v1/jobs/{job_id}", **kwargs), status, match)
         assert await all_jobs(http) == before, kwargs
 
     cancel_cases = [
-        (dict(content=b"{nope"), 400, "not valid JSON"),
+        (dict(content=b"{nope", headers=JSON), 400, "not valid JSON"),
         (dict(json=[1]), 400, "must be a JSON object"),
         (dict(json={"reason": "x"}), 400, "unknown field"),
     ]
@@ -258,20 +259,125 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
     assert await all_jobs(http) == before
 
 
-async def test_cors_preflight(http):
-    response = await http.options(
-        "/api/v1/jobs",
-        headers={
-            "Origin": "https://dashboard.example.com",
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
-        },
-    )
-    assert response.status_code == 200
-    assert response.headers["access-control-allow-origin"] == "*"
-    assert "POST" in response.headers["access-control-allow-methods"]
-    simple = await http.get("/api/v1/jobs", headers={"Origin": "https://dashboard.example.com"})
-    assert simple.headers["access-control-allow-origin"] == "*"
+# A hostile web page: only JSON bodies, and only from pages the node allows.
+
+
+async def test_writes_must_be_json(http):
+    """A form or text/plain body goes cross-origin without a CORS preflight:
+    the bridge takes none of them."""
+    body = json.dumps(create_body())
+    for headers in (
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "text/plain;charset=UTF-8"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {"Content-Type": "multipart/form-data; boundary=x"},
+        {"Content-Type": "application/jsonx"},
+        {},  # a body without a type
+    ):
+        check_error(await http.post("/api/v1/jobs", content=body, headers=headers), 415,
+                    "Content-Type must be application/json")
+    check_error(await http.post("/api/v1/jobs", data={"job_type": "vlm_only"}), 415, "application/json")
+    assert await all_jobs(http) == []
+    job = await create(http)
+    check_error(await http.put(f"/api/v1/jobs/{job['id']}", content="{}", headers={"Content-Type": "text/plain"}),
+                415, "application/json")
+    check_error(await http.post(f"/api/v1/jobs/{job['id']}/cancel", content="{}", headers={"Content-Type": "text/plain"}),
+                415, "application/json")
+    assert (await http.get(f"/api/v1/jobs/{job['id']}")).json()["status"] == "pending"
+    # JSON with its charset is fine, and a cancel may come without any body (and so without a type).
+    charset = await http.post("/api/v1/jobs", content=body, headers={"Content-Type": "Application/JSON; charset=utf-8"})
+    assert charset.status_code == 200, charset.text
+    assert (await http.post(f"/api/v1/jobs/{job['id']}/cancel")).json()["status"] == "cancelled"
+
+
+async def test_cors_for_allowed_pages(http):
+    for origin in ("http://localhost:5173", "https://127.0.0.1:8443", "http://[::1]:3000", str(http.base_url)):
+        preflight = await http.options("/api/v1/jobs", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type",
+        })
+        assert preflight.status_code == 204, (origin, preflight.text)
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert set(preflight.headers["access-control-allow-methods"].split(", ")) == {"GET", "POST", "PUT"}
+        assert "content-type" in preflight.headers["access-control-allow-headers"].lower()
+        assert "origin" in preflight.headers["vary"].lower()
+        listed = await http.get("/api/v1/jobs", headers={"Origin": origin})
+        assert listed.status_code == 200 and listed.headers["access-control-allow-origin"] == origin
+        assert "origin" in listed.headers["vary"].lower()
+    created = await http.post("/api/v1/jobs", json=create_body(), headers={"Origin": "http://localhost:8000"})
+    assert created.status_code == 200, created.text
+
+
+async def test_foreign_pages_are_refused(http):
+    before = await all_jobs(http)
+    job = await create(http)
+    for origin in ("https://evil.example", "http://localhost.evil.example", "null", "http://127.0.0.1.nip.io:8080"):
+        headers = {"Origin": origin}
+        preflight = await http.options("/api/v1/jobs", headers={**headers, "Access-Control-Request-Method": "POST"})
+        check_error(preflight, 403, "not allowed")
+        assert "access-control-allow-origin" not in preflight.headers
+        for response in (
+            await http.get("/api/v1/jobs", headers=headers),
+            await http.get(f"/api/v1/jobs/{job['id']}", headers=headers),
+            await http.get(f"/api/v1/jobs/{job['id']}/events", headers=headers),
+            await http.post("/api/v1/jobs", json=create_body(), headers=headers),
+            await http.post(f"/api/v1/jobs/{job['id']}/cancel", headers=headers),
+            await http.put(f"/api/v1/jobs/{job['id']}", json={"job_type": "task_timing_v1", "input": INPUT},
+                           headers=headers),
+        ):
+            check_error(response, 403, "not allowed")
+            assert "access-control-allow-origin" not in response.headers
+    assert await all_jobs(http) == [job, *before]
+    # Open paths still answer a foreign page (without CORS headers: its script cannot read them).
+    health = await http.get("/health", headers={"Origin": "https://evil.example"})
+    assert health.status_code == 200 and "access-control-allow-origin" not in health.headers
+
+
+async def test_allowed_origins_setting(node):
+    from server.bridge.auth import Origins
+
+    async with bridge_client(f"127.0.0.1:{node.port}", origins=Origins("https://dash.example.com")) as http:
+        ok = await http.get("/api/v1/jobs", headers={"Origin": "https://dash.example.com"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://dash.example.com"
+        # The list replaces the default: localhost pages are now foreign; the node's own origin never is.
+        check_error(await http.get("/api/v1/jobs", headers={"Origin": "http://localhost:5173"}), 403, "not allowed")
+        check_error(await http.get("/api/v1/jobs", headers={"Origin": "http://dash.example.com"}), 403, "not allowed")
+        own = await http.get("/api/v1/jobs", headers={"Origin": str(http.base_url).rstrip("/")})
+        assert own.status_code == 200
+        # Behind a proxy that sends its own Host, the page's host comes as X-Forwarded-Host.
+        proxied = await http.get("/api/v1/jobs", headers={"Origin": "https://node.example.com",
+                                                          "X-Forwarded-Host": "node.example.com"})
+        assert proxied.status_code == 200
+        check_error(await http.get("/api/v1/jobs", headers={"Origin": "https://node.example.com",
+                                                            "X-Forwarded-Host": "other.example.com"}), 403, "not allowed")
+    async with bridge_client(f"127.0.0.1:{node.port}", origins=Origins("*")) as http:
+        anyone = await http.get("/api/v1/jobs", headers={"Origin": "https://anyone.example"})
+        assert anyone.status_code == 200 and anyone.headers["access-control-allow-origin"] == "https://anyone.example"
+
+
+async def test_answers_are_never_sniffed(http):
+    job = await create(http)
+    responses = [
+        await http.get("/api/v1/jobs"),
+        await http.get(f"/api/v1/jobs/{job['id']}"),
+        await http.get("/api/v1/jobs/nope"),
+        await http.post("/api/v1/jobs", content="x", headers={"Content-Type": "text/plain"}),
+        await http.delete("/api/v1/jobs"),
+        await http.get("/openapi.json"),
+        await http.get("/metrics"),
+        await http.get("/health"),
+        await http.get("/ready"),
+        await http.get("/api/v1/ws"),
+    ]
+    for response in responses:
+        assert response.headers["x-content-type-options"] == "nosniff", response.request.url
+    async with http.stream("GET", f"/api/v1/jobs/{job['id']}/events") as events:
+        assert events.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_plain_get_of_the_websocket_is_426(http):
+    response = await http.get("/api/v1/ws")
+    check_error(response, 426, "WebSocket")
+    assert response.headers["upgrade"] == "websocket"
 
 
 # Server-Sent Events.
@@ -353,6 +459,8 @@ async def test_openapi_document(http):
         "/api/v1/ws": {"get"},
         "/health": {"get"},
         "/ready": {"get"},
+        "/metrics": {"get"},
+        "/openapi.json": {"get"},
     }
     for path, methods in expected.items():
         assert methods <= set(paths[path]), path
@@ -362,7 +470,19 @@ async def test_openapi_document(http):
             assert method.lower() in paths[route.path], (route.path, method)
     schemas = spec["components"]["schemas"]
     assert {"Job", "CreateJob", "RetryJob", "Error"} <= set(schemas)
-    assert schemas["Job"]["required"] == JOB_KEYS
+    assert schemas["Job"]["required"] == JOB_KEYS + EXTRA_KEYS
+    # What every refusal under /api/ may be, writes' own, and the header every answer carries.
+    for path in ("/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/cancel", "/api/v1/jobs/{id}/events"):
+        for method, operation in paths[path].items():
+            if method == "parameters":
+                continue
+            assert {"401", "403", "503"} <= set(operation["responses"]), (path, method)
+            if method in ("post", "put"):
+                assert {"413", "415"} <= set(operation["responses"]), (path, method)
+            for answer in operation["responses"].values():
+                assert "X-Content-Type-Options" in answer["headers"], (path, method)
+    assert {"101", "401", "403", "426"} <= set(paths["/api/v1/ws"]["get"]["responses"])
+    assert "Allow" in spec["components"]["responses"]["MethodNotAllowed"]["headers"]
 
     # Every $ref resolves.
     def refs(value):
@@ -376,7 +496,8 @@ async def test_openapi_document(http):
                 yield from refs(item)
 
     for ref in refs(spec):
-        assert ref.removeprefix("#/components/schemas/") in schemas, ref
+        _, _, kind, name = ref.split("/")
+        assert name in spec["components"][kind], ref
 
 
 # The node out of reach.
@@ -414,6 +535,14 @@ async def test_node_stopping_is_503(settings):
 
 async def test_unknown_paths_and_methods_answer_json(http):
     check_error(await http.get("/api/v1/nothing-here"), 404, "Not Found")
-    response = await http.delete("/api/v1/jobs")
-    check_error(response, 405, "Method Not Allowed")
-    assert "GET" in response.headers["allow"]
+    job_id = str(uuid.uuid4())
+    for method, path, allowed in (
+        ("DELETE", "/api/v1/jobs", {"GET", "HEAD", "POST"}),
+        ("PATCH", f"/api/v1/jobs/{job_id}", {"GET", "HEAD", "PUT"}),
+        ("GET", f"/api/v1/jobs/{job_id}/cancel", {"POST"}),
+        ("POST", f"/api/v1/jobs/{job_id}/events", {"GET", "HEAD"}),
+        ("OPTIONS", "/api/v1/jobs", {"GET", "HEAD", "POST"}),
+    ):
+        response = await http.request(method, path)
+        check_error(response, 405, "Method Not Allowed")
+        assert set(response.headers["allow"].split(", ")) == allowed, (method, path)

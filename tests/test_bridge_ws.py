@@ -220,3 +220,28 @@ async def test_the_server_pings(settings):
         writer.close()
     await node.stop(grace=0.5)
     assert pings >= 2
+
+
+async def test_pages_the_node_does_not_allow_cannot_open_the_socket(ws_url):
+    """Browsers send Origin on every handshake and let any page open a
+    socket: the bridge refuses foreign ones (403) before accepting."""
+    for origin in ("https://evil.example", "null", "http://localhost.evil.example"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(ws_url, origin=origin):
+                pass
+        assert refused.value.response.status_code == 403, origin
+        assert refused.value.response.headers["X-Content-Type-Options"] == "nosniff"
+        assert json.loads(refused.value.response.body)["error"].startswith("requests from this web page's origin")
+    own = ws_url.replace("ws://", "http://").removesuffix("/api/v1/ws")
+    for origin in (own, "http://localhost:5173", None):  # its own page, a local one, no page at all
+        async with websockets.connect(ws_url, origin=origin) as ws:
+            await ws.send("What colour?")
+            await ws.send(solid_jpeg("red"))
+            await ws.send(solid_jpeg("blue"))
+            assert (await answer(ws))[1]["frames"] == ["1", "2"]
+
+
+async def test_the_only_subprotocol_picked_is_vlmnode(ws_url):
+    for offered, picked in ((["vlmnode"], "vlmnode"), (["other", "vlmnode"], "vlmnode"), (["other"], None)):
+        async with websockets.connect(ws_url, subprotocols=offered) as ws:
+            assert ws.subprotocol == picked, offered

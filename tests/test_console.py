@@ -337,6 +337,12 @@ async def test_the_bridge_serves_the_console_itself():
             index = await http.get("/")
             assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
             assert "default-src 'self'" in index.headers["content-security-policy"]
+            # The page under its other name, and every file, carry the same headers.
+            for path in ("/console/index.html", "/console/app.js", "/console/style.css"):
+                response = await http.get(path)
+                for name in ("content-security-policy", "x-content-type-options", "x-frame-options", "referrer-policy"):
+                    assert response.headers[name] == index.headers[name], (path, name)
+                assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
             todo = re.findall(r'(?:src|href)="(/console/[^"]+)"', index.text)
             seen = set()
             while todo:

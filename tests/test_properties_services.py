@@ -203,21 +203,21 @@ content_types = st.sampled_from([None, "application/json", "text/plain", "multip
 
 @bounded(80)
 @given(st.one_of(create_bodies, raw_bodies), content_types)
-@example(b'{"job_type": "\\ud800"}', None)  # found by this test: 500
+@example(b'{"job_type": "\\ud800"}', "application/json")  # found by this test: 500
 @example(json.dumps({"job_type": "task_timing_v1", "query": {"ids": []}, "domain_id": DOMAIN_ID,
-                     "input": NUL_PROMPT}).encode(), None)  # found by this test: 500
+                     "input": NUL_PROMPT}).encode(), "application/json")  # found by this test: 500
 @example(json.dumps({"job_type": "vlm_only", "query": {"ids": []}, "domain_id": DOMAIN_ID,
-                     "input": {"vlm_prompt": "v"}, "idempotency_key": "k\x00"}).encode(), None)  # 500
+                     "input": {"vlm_prompt": "v"}, "idempotency_key": "k\x00"}).encode(), "application/json")  # 500
 async def test_rest_create(rest, body, content_type):
     """POST /api/v1/jobs: 200 with a new (or idempotently the same) job, or a
-    400/413 refusal that stores nothing."""
+    400/413 refusal (415 for a body that is not JSON) that stores nothing."""
     COUNTS.tried("rest create bodies")
     note(f"POST /api/v1/jobs content-type={content_type!r} body={body[:300]!r}")
     headers = {"content-type": content_type} if content_type else {}
     before = await rest.stored()
     response = await rest.send("POST", "/api/v1/jobs", content=body, headers=headers)
     event(f"HTTP {response.status_code}")
-    check_answer(response, {200, 400, 413})
+    check_answer(response, {200, 400, 413} | ({415} if content_type != "application/json" else set()))
     after = await rest.stored()
     if response.status_code != 200:
         assert after == before, f"refused ({response.text}) yet the stored jobs changed"
@@ -292,7 +292,8 @@ async def test_rest_retry_and_cancel(rest, job_ref, endpoint, body):
     url = f"/api/v1/jobs/{quote(job_id, safe='')}{suffix}"
     note(f"{method} {url} body={body if body is None else body[:300]!r}")
     before = await rest.stored()
-    response = await rest.send(method, url, content=body if body is not None else b"")
+    headers = {"content-type": "application/json"} if body is not None else {}
+    response = await rest.send(method, url, content=body if body is not None else b"", headers=headers)
     event(f"{method} HTTP {response.status_code}")
     check_answer(response, {200, 400, 404, 405, 413} | ({307} if "/" in job_id else set()))
     after = await rest.stored()
@@ -636,6 +637,12 @@ async def test_infer(infer, requests):
     model = requests[0].config.model if requests[0].WhichOneof("message") == "config" else ""
     if model not in KNOWN_MODELS:
         allowed.add("FAILED_PRECONDITION")  # the fake Ollama lacks the model
+    # An answer of num_predict tokens after the prompt and the image must fit
+    # moondream's 2048-token window (tests/peers/fake_ollama.py): a long one
+    # is refused before Ollama is asked, as the engine's pre-check does.
+    too_long = code == "INVALID_ARGUMENT" and "reads 2048" in details
+    if requests[0].WhichOneof("message") == "config" and requests[0].config.num_predict > 1024 and too_long:
+        allowed.add(code)
     assert code in allowed, (code, expected, details)
     sent_ids = {r.frame.id for r in requests if r.WhichOneof("message") == "frame"}
     for n, response in enumerate(responses):

@@ -1,5 +1,8 @@
 """The bridge's Starlette app: REST jobs, the WebSocket, health, over one
-gRPC channel to the node."""
+gRPC channel to the node.
+
+Around every route, outermost first: `X-Content-Type-Options: nosniff` on
+every answer; the origin check and CORS (server/bridge/auth.py); the token."""
 
 import contextlib
 
@@ -7,30 +10,50 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.auth import Tokens
 from server.bridge import console, health, rest, websocket
-from server.bridge.auth import RequireToken
+from server.bridge.auth import CheckOrigin, Origins, RequireToken
 from server.bridge.errors import grpc_error_handler, http_error_handler
 
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
+
+
+class NoSniff:
+    """Every answer says its Content-Type is to be believed: a browser never
+    runs JSON or Prometheus text it was tricked into loading as a script."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff if scope["type"] in ("http", "websocket") else send)
 
 
 def create_app(
     target: str,
     *,
     tokens: Tokens | None = None,
+    origins: Origins | None = None,
     root_certificates: bytes | None = None,
     sse_ping_interval: float = 15.0,
 ) -> Starlette:
     """`target` is the gRPC server's address, e.g. "localhost:50051", reached
     over TLS when `root_certificates` are given; callers must bring one of
-    `tokens`; event streams send a keep-alive comment every
+    `tokens`, from a page `origins` allows (default: the bridge's own and
+    localhost pages); event streams send a keep-alive comment every
     `sse_ping_interval` seconds."""
     tokens = tokens or Tokens([])
+    origins = origins or Origins()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -52,7 +75,8 @@ def create_app(
     app = Starlette(
         routes=[*rest.routes, *websocket.routes, *health.routes, *console.routes],
         middleware=[
-            Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT"], allow_headers=["*"]),
+            Middleware(NoSniff),
+            Middleware(CheckOrigin, origins=origins),
             Middleware(RequireToken, tokens=tokens),
         ],
         exception_handlers={grpc.aio.AioRpcError: grpc_error_handler, HTTPException: http_error_handler},

@@ -2,10 +2,11 @@
 in server/bridge/static/, no build step, nothing fetched from the internet)
 that uses only the bridge's public REST, server-sent events and WebSocket API.
 
-`/` serves the page; its scripts and styles are under `/console/`. The page
-answers with a Content-Security-Policy that allows only this origin, so a
-console that tried to load anything from elsewhere would be stopped by the
-browser."""
+`/` serves the page; its scripts and styles are under `/console/`. Every one
+of its files (the page under either name, `/` or `/console/index.html`)
+answers with a Content-Security-Policy that allows only this origin and no
+framing, so a console that tried to load anything from elsewhere would be
+stopped by the browser, and no other site can frame it."""
 
 from pathlib import Path
 
@@ -35,6 +36,7 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
     "Referrer-Policy": "no-referrer",
 }
 
@@ -49,8 +51,8 @@ class ConsoleFiles(StaticFiles):
 
     async def get_response(self, path: str, scope) -> Response:
         response = await super().get_response(path, scope)
-        response.headers.setdefault("Cache-Control", "no-cache")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        for name, value in HEADERS.items():
+            response.headers.setdefault(name, value)
         return response
 
 

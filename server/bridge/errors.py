@@ -5,6 +5,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from server.errors import short_message
+
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -27,7 +29,8 @@ async def grpc_error_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSO
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
         return error_response(503, "the node's gRPC server is not reachable")
-    return error_response(HTTP_STATUS.get(code, 500), exc.details() or code.name.lower())
+    # Cut here too: the node behind may be an older one that echoes without bound.
+    return error_response(HTTP_STATUS.get(code, 500), short_message(exc.details() or code.name.lower()))
 
 
 async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:

@@ -1,6 +1,9 @@
 """The bridge's OpenAPI 3.1 document, served at /openapi.json. Written by hand
-to match server/bridge/rest.py (and the WebSocket and health endpoints);
-tests/test_bridge_rest.py checks that it lists every REST route."""
+to match what the bridge answers: server/bridge/rest.py (and the WebSocket,
+health and metrics endpoints, the token and origin checks of
+server/bridge/auth.py, the headers of server/bridge/app.py).
+tests/test_bridge_rest.py checks that it lists every REST route, and
+tests/test_fuzz_openapi.py runs schemathesis against it with every check."""
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -8,18 +11,33 @@ from starlette.routing import Route
 
 STATUSES = ["pending", "running", "completing", "uploading", "completed", "failed", "cancelling", "cancelled"]
 JOB_TYPES = ["task_timing_v1", "vlm_only"]
+INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
+MAX_TEXT = 8000  # characters of a prompt or a webhook URL (server/jobs.py)
+MAX_FILTER = 256  # characters of query.name and query.data_type (server/domain.py)
+MAX_OFFSET = 10_000_000  # server/store.py MAX_LIST_OFFSET
+FORBIDDEN_IN_FILTERS = r';!?<>\[\]{}()/\\"$#@*^&|~%=+'  # server/domain.py FORBIDDEN_CHARS, as a class
+
+
+EMPTY = {"type": "string", "maxLength": 0}  # `?limit=`: as if absent, as the original README writes it
 
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict, description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+NOSNIFF = {"X-Content-Type-Options": {"$ref": "#/components/headers/NoSniff"}}
 
 
-def _error(description: str) -> dict:
-    return _json(_ref("Error"), description)
+def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
+    return {
+        "description": description,
+        "headers": {**NOSNIFF, **(headers or {})},
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _error(description: str, headers: dict | None = None) -> dict:
+    return _json(_ref("Error"), description, headers)
 
 
 JOB_ID = {
@@ -30,9 +48,43 @@ JOB_ID = {
     "schema": {"type": "string", "format": "uuid"},
 }
 
-COMMON_ERRORS = {
-    "503": _error("The node's gRPC server (or a peer it needs) is not reachable."),
+API_ERRORS = {
+    "401": _error(
+        "The node wants a bearer token (AUTH_TOKENS) and none or a wrong one came, or it came in the query "
+        "where only a header is accepted.",
+        {"WWW-Authenticate": {"description": "`Bearer`.", "required": True, "schema": {"const": "Bearer"}}},
+    ),
+    "403": _error("The request comes from a web page (its `Origin`) that the node does not allow (ALLOWED_ORIGINS)."),
+    "503": _error("The node's gRPC server (or a peer it needs, e.g. its database) is not reachable."),
 }
+WRITE_ERRORS = {
+    "413": _error("The request body is larger than 1 MiB."),
+    "415": _error("The request has a body that is not `Content-Type: application/json`."),
+}
+
+# What the node strips as blank (Python's str.isspace), spelled out: `\\s` means less to JSON Schema's
+# regular expressions (ECMA 262) than to Python's.
+SPACE = "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+TEXT = {"type": ["string", "null"], "maxLength": MAX_TEXT, "pattern": "^[^\\u0000]*$", "description": "No NUL."}
+NON_BLANK = {**TEXT, "type": "string", "pattern": f"^[^\\u0000]*[^{SPACE}\\u0000][^\\u0000]*$", "description": "Not blank; no NUL."}
+PORT = "(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+WEBHOOK_URL = {
+    **TEXT,
+    "pattern": (
+        f"^[{SPACE}]*([hH][tT][tT][pP][sS]?://"
+        f"(?![^/?#]*localhost\\.?(:[0-9]*)?([/?#]|[{SPACE}]*$))"  # localhost and names under it: loopback
+        f"([A-Za-z0-9-]+\\.)+[A-Za-z][A-Za-z0-9-]*\\.?{PORT}([/?#][^\\u0000{SPACE}]*)?)?[{SPACE}]*$"
+    ),
+    "description": (
+        "Where the result is posted: an http(s) URL; empty: nowhere. The pattern describes URLs with a host "
+        "name; a literal address is taken too when it is public. The node sends webhooks only to public "
+        "addresses unless WEBHOOK_ALLOW_NETWORKS or WEBHOOK_ALLOW_HOSTS allow more: a literal address or "
+        "localhost that is not allowed is refused with 400 (`webhook_refused`) at once; a name is checked "
+        "when it is resolved, at each delivery, and a delivery refused there fails the job with "
+        "`webhook_refused`."
+    ),
+}
+JOB_ERROR_CODES = "e.g. `webhook_failed`, `webhook_refused`, `bad_model_answer`, `no_images`"
 
 SPEC: dict = {
     "openapi": "3.1.0",
@@ -42,9 +94,15 @@ SPEC: dict = {
         "description": (
             "The HTTP bridge of VLM Node: the original node's REST and WebSocket endpoints, served as a "
             "client of the gRPC API (vlmnode.v1.JobService, vlmnode.v1.InferenceService). Every error is "
-            'answered with one JSON body, {"error": "<message>"}.'
+            'answered with one JSON body, {"error": "<message>"}, and every answer carries '
+            "`X-Content-Type-Options: nosniff`. A method a path does not serve is answered 405 with `Allow` "
+            "naming the ones it does (components.responses.MethodNotAllowed). Requests from a web page carry "
+            "`Origin`: pages the node does not allow get 403 under /api/, allowed ones get CORS headers "
+            "(preflights included: 204). Request bodies are JSON (`Content-Type: application/json`), at most "
+            "1 MiB, nested at most 32 levels."
         ),
     },
+    "security": [{}, {"bearer": []}],
     "paths": {
         "/api/v1/jobs": {
             "get": {
@@ -54,37 +112,51 @@ SPEC: dict = {
                     {
                         "name": "limit",
                         "in": "query",
-                        "description": "1 to 1000; absent or 0 means 100.",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
+                        "description": "1 to 1000; absent, empty or 0 means 100.",
+                        "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 1000}, EMPTY]},
                     },
                     {
                         "name": "offset",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Absent or empty: 0.",
+                        "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, EMPTY]},
                     },
-                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUSES}},
-                    {"name": "job_type", "in": "query", "schema": {"type": "string", "enum": JOB_TYPES}},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "Absent or empty: any.",
+                        "schema": {"type": "string", "enum": [*STATUSES, ""]},
+                    },
+                    {
+                        "name": "job_type",
+                        "in": "query",
+                        "description": "Absent or empty: any.",
+                        "schema": {"type": "string", "enum": [*JOB_TYPES, ""]},
+                    },
                 ],
                 "responses": {
                     "200": _json({"type": "array", "items": _ref("Job")}, "The jobs (a plain array)."),
                     "400": _error("A bad query parameter."),
-                    **COMMON_ERRORS,
+                    **API_ERRORS,
                 },
             },
             "post": {
                 "operationId": "createJob",
                 "summary": "Create a job",
                 "description": (
-                    "The domain query is checked at once: a query matching no data is refused with 400 "
-                    '"No data found". A repeated create with the same idempotency_key returns the first job. '
-                    "Answered with 200 (as the original did), not 201."
+                    "The domain query is checked at once: a query matching no data (or a domain the node "
+                    'cannot read) is refused with 400 "No data found". A repeated create with the same '
+                    "idempotency_key returns the first job. Answered with 200 (as the original did), not 201."
                 ),
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
                 "responses": {
                     "200": _json(_ref("Job"), "The job, pending."),
-                    "400": _error("Malformed JSON, a wrong field, or no data found for the query."),
-                    "413": _error("The request body is larger than 1 MiB."),
-                    **COMMON_ERRORS,
+                    "400": _error(
+                        "Malformed JSON, a wrong field, a webhook_url the node does not send to, or no data "
+                        "found for the query."
+                    ),
+                    **WRITE_ERRORS,
+                    **API_ERRORS,
                 },
             },
         },
@@ -96,7 +168,7 @@ SPEC: dict = {
                 "responses": {
                     "200": _json(_ref("Job"), "The job."),
                     "404": _error("No such job."),
-                    **COMMON_ERRORS,
+                    **API_ERRORS,
                 },
             },
             "put": {
@@ -107,8 +179,8 @@ SPEC: dict = {
                     "200": _json(_ref("Job"), "The job, pending again."),
                     "400": _error("Bad body, job_type not the job's, or the job is not finished."),
                     "404": _error("No such job."),
-                    "413": _error("The request body is larger than 1 MiB."),
-                    **COMMON_ERRORS,
+                    **WRITE_ERRORS,
+                    **API_ERRORS,
                 },
             },
         },
@@ -119,13 +191,18 @@ SPEC: dict = {
                 "summary": "Cancel a job",
                 "description": (
                     "A pending job is cancelled at once; a running one becomes cancelling and stops at its "
-                    "next step. The body is empty or {}."
+                    "next step. The body is empty (no Content-Type needed) or {}."
                 ),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+                },
                 "responses": {
                     "200": _json(_ref("Job"), "The job, cancelling or cancelled."),
                     "400": _error("The job is already finished, or a bad body."),
                     "404": _error("No such job."),
-                    **COMMON_ERRORS,
+                    **WRITE_ERRORS,
+                    **API_ERRORS,
                 },
             },
         },
@@ -135,18 +212,48 @@ SPEC: dict = {
                 "operationId": "watchJob",
                 "summary": "Follow a job as Server-Sent Events",
                 "description": (
-                    "One `event: job` with the job as `data` now and at every change of status; the stream "
-                    "ends after a final status (completed, failed, cancelled). A comment line (`: ping`) is "
-                    "sent every 15 s while nothing changes. Should the node fail mid-stream, an "
-                    '`event: error` with {"error": ...} ends the stream.'
+                    "One `event: job` with the job (components.schemas.Job) as `data` now and at every change "
+                    "of status; the stream ends after a final status (completed, failed, cancelled). A comment "
+                    "line (`: ping`) is sent every 15 s while nothing changes. Should the node fail mid-stream, "
+                    'an `event: error` with {"error": ...} (components.schemas.Error) ends the stream. '
+                    "EventSource cannot set headers, so the token "
+                    "may come as `?access_token=`."
                 ),
+                "security": [{}, {"bearer": []}, {"accessToken": []}],
                 "responses": {
                     "200": {
                         "description": "The event stream.",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "headers": {
+                            **NOSNIFF,
+                            "Cache-Control": {"required": True, "schema": {"const": "no-cache"}},
+                        },
+                        "content": {
+                            "text/event-stream": {
+                                # One event (OpenAPI 3.1 has `schema` describe each; 3.2 calls it itemSchema):
+                                # `event:` names it, `data:` holds its JSON. `: ping` comments are no events.
+                                "schema": {
+                                    "oneOf": [
+                                        {
+                                            "type": "object",
+                                            "required": ["event", "data"],
+                                            "properties": {
+                                                "event": {"const": name},
+                                                "data": {
+                                                    "type": "string",
+                                                    "contentMediaType": "application/json",
+                                                    "contentSchema": _ref(schema),
+                                                },
+                                            },
+                                        }
+                                        for name, schema in (("job", "Job"), ("error", "Error"))
+                                    ]
+                                },
+                            }
+                        },
                     },
                     "404": _error("No such job (answered before the stream starts)."),
-                    **COMMON_ERRORS,
+                    "502": _error("The node ended the watch without sending the job."),
+                    **API_ERRORS,
                 },
             },
         },
@@ -157,26 +264,65 @@ SPEC: dict = {
                 "description": (
                     "Upgrade to a WebSocket. Binary messages are images, a text message is the prompt; answers "
                     'are JSON text messages {"response": "...", "done": false|true}. The server pings every '
-                    "10 s. `?num_predict=` limits the answer length."
+                    "10 s. `?num_predict=` limits the answer length. A browser offers the subprotocols "
+                    '["vlmnode", "bearer.<token>"] (or the token as `?access_token=`); the bridge picks '
+                    "`vlmnode`, never echoes the token. A plain GET without the upgrade is answered 426."
                 ),
-                "parameters": [{"name": "num_predict", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
-                "responses": {"101": {"description": "Switching to the WebSocket protocol."}},
+                "security": [{}, {"bearer": []}, {"accessToken": []}],
+                "parameters": [
+                    {
+                        "name": "num_predict",
+                        "in": "query",
+                        "description": "0 (the model's own limit) to 8192; a bad value closes the socket with 1008.",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 8192},
+                    }
+                ],
+                "responses": {
+                    "101": {"description": "Switching to the WebSocket protocol."},
+                    "426": _error(
+                        "Not a WebSocket upgrade.",
+                        {"Upgrade": {"required": True, "schema": {"const": "websocket"}}},
+                    ),
+                    "401": API_ERRORS["401"],
+                    "403": API_ERRORS["403"],
+                },
             },
         },
         "/health": {
             "get": {
                 "operationId": "health",
                 "summary": "Liveness: the bridge is up",
-                "responses": {"200": {"description": "Alive."}},
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                        "Alive.",
+                    )
+                },
             },
         },
         "/ready": {
             "get": {
                 "operationId": "ready",
-                "summary": "Readiness: the node's gRPC server answers its health check",
+                "summary": "Readiness: the node's gRPC server, its database and Ollama all serve",
+                "security": [],
                 "responses": {
-                    "200": {"description": "Ready."},
-                    "503": _error("Not ready."),
+                    "200": _json(_ref("Readiness"), "Ready."),
+                    "503": _json(_ref("Readiness"), "Not ready: `checks` says what is not serving."),
+                },
+            },
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "The bridge process's Prometheus metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "headers": NOSNIFF,
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
                 },
             },
         },
@@ -184,11 +330,34 @@ SPEC: dict = {
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": {"description": "The OpenAPI document.", "content": {"application/json": {}}}},
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
             },
         },
     },
     "components": {
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Wanted on /api/ when the node has tokens (AUTH_TOKENS); else the node is open.",
+            },
+            "accessToken": {
+                "type": "apiKey",
+                "in": "query",
+                "name": "access_token",
+                "description": "The token where a browser cannot set headers: event streams and the WebSocket only.",
+            },
+        },
+        "headers": {
+            "NoSniff": {"required": True, "schema": {"const": "nosniff"}},
+        },
+        "responses": {
+            "MethodNotAllowed": _error(
+                "A method the path does not serve.",
+                {"Allow": {"required": True, "description": "The methods the path serves.", "schema": {"type": "string"}}},
+            ),
+        },
         "schemas": {
             "Job": {
                 "type": "object",
@@ -203,6 +372,9 @@ SPEC: dict = {
                     "error",
                     "created_at",
                     "updated_at",
+                    "attempts",
+                    "max_attempts",
+                    "priority",
                 ],
                 "properties": {
                     "id": {"type": "string", "format": "uuid"},
@@ -218,40 +390,82 @@ SPEC: dict = {
                             "vlm_only: {responses: [{image_id, timestamp, response}]}. Null until there is one."
                         ),
                     },
-                    "error": {
-                        "oneOf": [{"type": "null"}, _ref("JobError")],
-                    },
+                    "error": {"oneOf": [{"type": "null"}, _ref("JobError")]},
                     "created_at": {"type": "string", "format": "date-time", "description": "RFC 3339, UTC."},
                     "updated_at": {"type": "string", "format": "date-time", "description": "RFC 3339, UTC."},
-                    "attempts": {"type": "integer"},
-                    "max_attempts": {"type": "integer"},
-                    "priority": {"type": "integer"},
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "max_attempts": {"type": "integer", "minimum": 1},
+                    "priority": {"type": "integer", **INT32},
                 },
             },
             "JobError": {
                 "type": "object",
                 "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "properties": {
+                    "code": {"type": "string", "description": f"Stable, for programs: {JOB_ERROR_CODES}."},
+                    "message": {"type": "string", "description": "One line, for people."},
+                },
             },
             "Query": {
                 "type": "object",
                 "description": "Which of the domain's data the job reads.",
+                "required": ["ids"],
+                "additionalProperties": False,
                 "properties": {
-                    "ids": {"type": "array", "items": {"type": "string", "format": "uuid"}},
-                    "name": {"type": "string"},
-                    "data_type": {"type": "string"},
+                    "ids": {
+                        "type": "array",
+                        "maxItems": 10_000,
+                        "items": {"type": "string", "format": "uuid"},
+                        "description": "[]: all the domain's data.",
+                    },
+                    "name": {"$ref": "#/components/schemas/QueryFilter"},
+                    "data_type": {"$ref": "#/components/schemas/QueryFilter"},
                 },
+            },
+            "QueryFilter": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_FILTER,
+                "pattern": f"^[^{FORBIDDEN_IN_FILTERS}\\u0000-\\u001f\\u007f]+$",
+                "description": "Leave it out to match any.",
             },
             "Input": {
                 "type": "object",
+                "description": "A job's input as stored.",
+                "additionalProperties": False,
+                "properties": {"prompt": TEXT, "vlm_prompt": TEXT, "webhook_url": WEBHOOK_URL},
+            },
+            "TaskTimingInput": {
+                "type": "object",
+                "required": ["prompt", "vlm_prompt"],
                 "additionalProperties": False,
                 "properties": {
-                    "prompt": {"type": "string", "description": "The LLM's instruction (task_timing_v1)."},
-                    "vlm_prompt": {"type": "string", "description": "The VLM's prompt for each image."},
-                    "webhook_url": {"type": "string", "description": "Where the result is posted; empty: nowhere."},
+                    "prompt": {**NON_BLANK, "description": "The LLM's instruction."},
+                    "vlm_prompt": {**NON_BLANK, "description": "The VLM's prompt for each image."},
+                    "webhook_url": WEBHOOK_URL,
                 },
             },
+            "VlmOnlyInput": {
+                "type": "object",
+                "description": "The VLM's prompt comes from vlm_prompt or, when that is empty, from prompt.",
+                "additionalProperties": False,
+                "properties": {"prompt": TEXT, "vlm_prompt": TEXT, "webhook_url": WEBHOOK_URL},
+                "anyOf": [
+                    {"required": ["vlm_prompt"], "properties": {"vlm_prompt": NON_BLANK}},
+                    {
+                        "required": ["prompt"],
+                        "properties": {"prompt": NON_BLANK, "vlm_prompt": {"type": ["string", "null"], "maxLength": 0}},
+                    },
+                ],
+            },
             "CreateJob": {
+                "oneOf": [
+                    {"allOf": [_ref("CreateJobFields"), {"properties": {"job_type": {"const": job_type},
+                                                                         "input": _ref(schema)}}]}
+                    for job_type, schema in (("task_timing_v1", "TaskTimingInput"), ("vlm_only", "VlmOnlyInput"))
+                ],
+            },
+            "CreateJobFields": {
                 "type": "object",
                 "required": ["job_type", "query", "domain_id", "input"],
                 "additionalProperties": False,
@@ -259,11 +473,16 @@ SPEC: dict = {
                     "job_type": {"type": "string", "enum": JOB_TYPES},
                     "query": _ref("Query"),
                     "domain_id": {"type": "string", "format": "uuid"},
-                    "input": _ref("Input"),
-                    "idempotency_key": {"type": "string", "maxLength": 200},
-                    "priority": {"type": "integer", "description": "Higher runs first; default 0."},
+                    "input": {"type": "object"},
+                    "idempotency_key": {
+                        "type": ["string", "null"],
+                        "maxLength": 200,
+                        "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+                        "description": "Printable text; a repeated create with the same key returns the first job.",
+                    },
+                    "priority": {"type": ["integer", "null"], **INT32, "description": "Higher runs first; default 0."},
                     "max_attempts": {
-                        "type": "integer",
+                        "type": ["integer", "null"],
                         "minimum": 0,
                         "maximum": 100,
                         "description": "0 or absent: the node's default.",
@@ -271,17 +490,35 @@ SPEC: dict = {
                 },
             },
             "RetryJob": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["job_type", "input"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "job_type": {"const": job_type, "description": "Must be the job's type."},
+                            "input": _ref(schema),
+                        },
+                    }
+                    for job_type, schema in (("task_timing_v1", "TaskTimingInput"), ("vlm_only", "VlmOnlyInput"))
+                ],
+            },
+            "Readiness": {
                 "type": "object",
-                "required": ["job_type", "input"],
-                "additionalProperties": False,
+                "required": ["status", "checks"],
                 "properties": {
-                    "job_type": {"type": "string", "enum": JOB_TYPES, "description": "Must be the job's type."},
-                    "input": _ref("Input"),
+                    "status": {"enum": ["ready", "not ready"]},
+                    "checks": {
+                        "type": "object",
+                        "description": "grpc, postgres, ollama: serving, not_serving, unreachable, ...",
+                        "additionalProperties": {"type": "string"},
+                    },
                 },
             },
             "Error": {
                 "type": "object",
                 "required": ["error"],
+                "additionalProperties": False,
                 "properties": {"error": {"type": "string", "description": "One readable line."}},
             },
         },

@@ -13,7 +13,13 @@ Status codes:
 - 400 for bad input: malformed JSON, wrong types, unknown fields, bad query
   parameters, and what the node refuses (INVALID_ARGUMENT, and
   FAILED_PRECONDITION such as "No data found" or retrying a running job);
-- 404 for an unknown or malformed job id; 413 for a body over 1 MiB;
+- 401 without the node's token (server/bridge/auth.py), 403 from a web page
+  the node does not allow (its origin; server/bridge/auth.py);
+- 404 for an unknown or malformed job id; 405 with `Allow` for a method a
+  path does not serve; 413 for a body over 1 MiB; 415 for a body that is
+  not `Content-Type: application/json` (a browser sends a JSON body to
+  another origin only after asking, while a form or text/plain goes without
+  a preflight);
 - 503 when the node's gRPC server cannot be reached.
 """
 
@@ -122,7 +128,21 @@ def _job_id(request: Request) -> str:
     return job_id
 
 
+JSON_ONLY = "Content-Type must be application/json"
+JSON_WHITESPACE = b" \t\r\n"  # what JSON calls whitespace (bytes.strip() would take \f and \v too)
+
+
+def _json_content_type(request: Request) -> bool | None:
+    """True for a JSON body, False for anything else, None when unsaid."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return None
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
 async def _read_body(request: Request) -> bytes:
+    if _json_content_type(request) is False:
+        raise BadRequest(JSON_ONLY, 415)
     length = request.headers.get("content-length")
     if length is not None:
         if not length.strip().isdigit():
@@ -138,7 +158,10 @@ async def _read_body(request: Request) -> bytes:
             chunks.append(chunk)
     except ClientDisconnect:
         raise BadRequest("the client went away while sending the request body") from None
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    if body and _json_content_type(request) is None:  # a body without its type: no preflight either
+        raise BadRequest(JSON_ONLY, 415)
+    return body
 
 
 def _no_constants(name: str):
@@ -147,7 +170,7 @@ def _no_constants(name: str):
 
 async def _read_object(request: Request, fields: tuple[str, ...], *, allow_empty: bool = False) -> dict[str, Any]:
     body = await _read_body(request)
-    if not body.strip():
+    if not body.strip(JSON_WHITESPACE):
         if allow_empty:
             return {}
         raise BadRequest("request body is empty; expected a JSON object")
@@ -235,10 +258,9 @@ def _query_int(request: Request, name: str) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return 0
-    text = raw.strip()
-    if not text.isdigit() or not text.isascii():
+    if not raw.isdigit() or not raw.isascii():  # digits only: no sign, no spaces, no other scripts' digits
         raise BadRequest(f"{name} must be a non-negative integer, got {raw[:40]!r}")
-    value = int(text)
+    value = int(raw)
     if value > INT32_MAX:
         raise BadRequest(f"{name} is out of range, got {raw[:40]}")
     return value
@@ -316,71 +338,125 @@ def _event(job: jobs_pb2.Job) -> str:
     return f"event: job\ndata: {json.dumps(job_to_json(job), separators=(',', ':'))}\n\n"
 
 
-async def _events(call, first: jobs_pb2.WatchJobResponse, ping_interval: float) -> AsyncIterator[str]:
+SSE_RESUME_FOR = 30.0  # seconds an event stream goes on watching again after its watch broke off UNAVAILABLE
+SSE_RESUME_WAIT = 0.5  # seconds before the first new watch; doubles up to SSE_RESUME_MAX_WAIT
+SSE_RESUME_MAX_WAIT = 4.0  # seconds
+
+
+class _Watch:
+    """The gRPC watch behind an event stream. The node's WatchJob rides out
+    a database outage itself; when the watch breaks off all the same
+    (UNAVAILABLE: the node restarting, or its database away for longer than
+    it waits) the stream watches again."""
+
+    def __init__(self, jobs, job_id: str, metadata):
+        self.jobs = jobs
+        self.request = jobs_pb2.WatchJobRequest(id=job_id)
+        self.metadata = metadata
+        self.call = self._open()
+
+    def _open(self):
+        return self.jobs.WatchJob(self.request, metadata=self.metadata)
+
+    def reopen(self) -> None:
+        self.call.cancel()
+        self.call = self._open()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+async def _events(watch: _Watch, first: jobs_pb2.WatchJobResponse, ping_interval: float) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
     pending: asyncio.Future | None = None
     try:
         yield _event(first.job)
-        status = first.job.status
-        while status not in FINAL_STATUSES:
+        last = first.job
+        broke_at: float | None = None  # when the watch broke off, while it is watched again
+        wait = SSE_RESUME_WAIT
+        while last.status not in FINAL_STATUSES:
             # One read outstanding at a time: cancelling a read cancels the call,
             # so pings are sent while waiting rather than by timing the read out.
-            pending = asyncio.ensure_future(call.read())
+            pending = asyncio.ensure_future(watch.call.read())
             while not (await asyncio.wait({pending}, timeout=ping_interval))[0]:
                 yield ": ping\n\n"
-            message, pending = pending.result(), None
+            read, pending = pending, None
+            try:
+                message = read.result()
+            except grpc.aio.AioRpcError as exc:
+                broke_at = broke_at if broke_at is not None else loop.time()
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or loop.time() - broke_at >= SSE_RESUME_FOR:
+                    raise
+                yield ": ping\n\n"  # a keep-alive while the job is watched again
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, SSE_RESUME_MAX_WAIT)
+                watch.reopen()
+                continue
             if message is grpc.aio.EOF:
                 return
+            broke_at, wait = None, SSE_RESUME_WAIT
+            if message.job == last:  # a new watch starts with the job as it is: sent only when it changed
+                continue
             yield _event(message.job)
-            status = message.job.status
+            last = message.job
     except grpc.aio.AioRpcError as exc:
         error = {"error": exc.details() or exc.code().name.lower()}
         yield f"event: error\ndata: {json.dumps(error, separators=(',', ':'))}\n\n"
     finally:
         if pending is not None and not pending.done():
             pending.cancel()
-        call.cancel()
+        watch.cancel()
 
 
 class EventStream(StreamingResponse):
     """Server-Sent Events following a job; the gRPC call ends with the response,
     however it ends (the last event, or the HTTP client going away)."""
 
-    def __init__(self, call, first: jobs_pb2.WatchJobResponse, ping_interval: float):
+    def __init__(self, watch: _Watch, first: jobs_pb2.WatchJobResponse, ping_interval: float):
         super().__init__(
-            _events(call, first, ping_interval),
+            _events(watch, first, ping_interval),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self.call = call
+        self.watch = watch
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.call.cancel()
+            self.watch.cancel()
             await self.body_iterator.aclose()
 
 
 @refusing_bad_requests
 async def job_events(request: Request) -> Response:
-    call = _jobs(request).WatchJob(jobs_pb2.WatchJobRequest(id=_job_id(request)), metadata=caller_metadata())
+    watch = _Watch(_jobs(request), _job_id(request), caller_metadata())
     try:
-        # The first message before answering, so an unknown job is a plain 404.
-        first = await call.read()
+        # The first message before answering, so an unknown job is a plain 404
+        # and a node whose database is down a plain 503.
+        first = await watch.call.read()
     except BaseException:
-        call.cancel()
+        watch.cancel()
         raise
     if first is grpc.aio.EOF:
-        call.cancel()
+        watch.cancel()
         return error_response(502, "the node ended the watch without sending the job")
-    return EventStream(call, first, request.app.state.sse_ping_interval)
+    return EventStream(watch, first, request.app.state.sse_ping_interval)
+
+
+def _by_method(**handlers):
+    """One endpoint for all the methods of a path, so that a 405 names them all in `Allow`."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method.lower()](request)
+
+    return endpoint
 
 
 routes = [
-    Route("/api/v1/jobs", list_jobs, methods=["GET"]),
-    Route("/api/v1/jobs", create_job, methods=["POST"]),
-    Route("/api/v1/jobs/{id}", get_job, methods=["GET"]),
-    Route("/api/v1/jobs/{id}", retry_job, methods=["PUT"]),
+    Route("/api/v1/jobs", _by_method(get=list_jobs, post=create_job), methods=["GET", "POST"]),
+    Route("/api/v1/jobs/{id}", _by_method(get=get_job, put=retry_job), methods=["GET", "PUT"]),
     Route("/api/v1/jobs/{id}/cancel", cancel_job, methods=["POST"]),
     Route("/api/v1/jobs/{id}/events", job_events, methods=["GET"]),
     *openapi.routes,

@@ -7,6 +7,9 @@ one also names the frames answered and how many were dropped while the model
 was busy); images sent before any prompt get the text message "No prompt
 received for image batch". `?num_predict=N` limits the answer length.
 Keep-alive pings (every WS_PING_INTERVAL, 10 s) are uvicorn's (server/bridge/main.py).
+The only subprotocol the bridge ever picks is `vlmnode` (the token a browser
+offers as `bearer.<token>` is read and removed by server/bridge/auth.py, never
+echoed). A plain HTTP GET, without the upgrade, is answered 426.
 """
 
 import asyncio
@@ -14,7 +17,9 @@ import json
 import logging
 
 import grpc
-from starlette.routing import WebSocketRoute
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from vlmnode.v1 import inference_pb2 as pb
 
@@ -24,6 +29,7 @@ from server.bridge.auth import caller_metadata
 log = logging.getLogger(__name__)
 
 MAX_NUM_PREDICT = 8192
+SUBPROTOCOL = "vlmnode"
 # gRPC codes as WebSocket close codes (RFC 6455, section 7.4.1).
 CLOSE_CODES = {
     grpc.StatusCode.OK: 1000,
@@ -96,9 +102,9 @@ async def _node_to_client(websocket: WebSocket, call) -> None:
 
 def _subprotocol(websocket: WebSocket) -> str | None:
     """A browser fails the socket unless the server picks one of the
-    subprotocols it offered: prefer one that is not the bearer token."""
-    offered = websocket.scope.get("subprotocols") or []
-    return next((p for p in offered if not p.startswith("bearer.")), offered[0] if offered else None)
+    subprotocols it offered, so it offers `vlmnode` beside its token; the
+    bridge picks that one, or none."""
+    return SUBPROTOCOL if SUBPROTOCOL in (websocket.scope.get("subprotocols") or []) else None
 
 
 async def realtime(websocket: WebSocket) -> None:
@@ -132,4 +138,12 @@ async def realtime(websocket: WebSocket) -> None:
         await asyncio.gather(inbound, outbound, return_exceptions=True)
 
 
-routes = [WebSocketRoute("/api/v1/ws", realtime)]
+async def upgrade_required(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {"error": "this endpoint is a WebSocket: send the request with Upgrade: websocket"},
+        426,
+        headers={"Upgrade": "websocket"},
+    )
+
+
+routes = [WebSocketRoute("/api/v1/ws", realtime), Route("/api/v1/ws", upgrade_required, methods=["GET"])]

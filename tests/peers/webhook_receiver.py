@@ -9,6 +9,8 @@ Every request is recorded in `attempts`; the ones answered 2xx also go to
                                    each record gets signature_ok True/False
                                    (None without a secret)
     reject_bad_signatures          answer 401 to a bad signature (default: flag only)
+    failure_body                   what a failure answer says (default "receiver answered <status>")
+    location                       a Location header on failure answers (a 3xx redirect with fail_next)
 
 Wait for deliveries with `wait_for(n, timeout)`.
 """
@@ -53,6 +55,8 @@ class WebhookReceiver(Peer):
         self.reject_bad_signatures = reject_bad_signatures
         self.mode = "ok"
         self.retry_after: str | None = None  # sent with failure answers when set
+        self.failure_body: str | None = None
+        self.location: str | None = None
         self.attempts: list[Delivery] = []
         self.deliveries: list[Delivery] = []
         self._fail: list[int] = []
@@ -129,5 +133,8 @@ class WebhookReceiver(Peer):
             self._cond.notify_all()
         if status == 200:
             return JSONResponse({"ok": True})
-        extra = {"Retry-After": self.retry_after} if self.retry_after is not None else None
-        return PlainTextResponse(f"receiver answered {status}", status_code=status, headers=extra)
+        extra = {"Retry-After": self.retry_after} if self.retry_after is not None else {}
+        if self.location is not None:
+            extra["Location"] = self.location
+        body = self.failure_body if self.failure_body is not None else f"receiver answered {status}"
+        return PlainTextResponse(body, status_code=status, headers=extra)
