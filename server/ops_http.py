@@ -10,11 +10,13 @@ from typing import Awaitable, Callable
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from server.background import BackgroundDuty
+from server.nosniff import NoSniff
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,10 @@ def ops_app(health: HealthCheck) -> Starlette:
         except Exception as exc:  # any failure is "not healthy", said in words
             return JSONResponse({"status": "unhealthy", "error": str(exc) or type(exc).__name__}, 503)
 
-    return Starlette(routes=[Route("/health", health_endpoint), Route("/metrics", metrics_endpoint)])
+    return Starlette(
+        routes=[Route("/health", health_endpoint), Route("/metrics", metrics_endpoint)],
+        middleware=[Middleware(NoSniff)],
+    )
 
 
 class OpsServer(BackgroundDuty):

@@ -20,6 +20,7 @@ async def scrape(url: str) -> dict[tuple, float]:
     async with httpx.AsyncClient() as http:
         response = await http.get(url)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    assert response.headers["x-content-type-options"] == "nosniff"  # never run as a script
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(response.text)
@@ -101,7 +102,9 @@ async def test_worker_health_port(settings):
             health = await wait_for(up)
             assert health.status_code == 200 and health.json()["status"] == "ok"
             assert health.json()["jobs_running"] == 0 and health.json()["worker"]
-            assert "vlmnode_job_pickup_seconds" in (await http.get("/metrics")).text
+            metrics = await http.get("/metrics")
+            assert "vlmnode_job_pickup_seconds" in metrics.text
+            assert health.headers["x-content-type-options"] == metrics.headers["x-content-type-options"] == "nosniff"
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0

@@ -10,33 +10,16 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.auth import Tokens
 from server.bridge import console, health, rest, websocket
 from server.bridge.auth import CheckOrigin, Origins, RequireToken
 from server.bridge.errors import grpc_error_handler, http_error_handler
+from server.nosniff import NoSniff
 
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
-
-
-class NoSniff:
-    """Every answer says its Content-Type is to be believed: a browser never
-    runs JSON or Prometheus text it was tricked into loading as a script."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_nosniff(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.http.response.start"):
-                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
-            await send(message)
-
-        await self.app(scope, receive, send_nosniff if scope["type"] in ("http", "websocket") else send)
 
 
 def create_app(
