@@ -20,17 +20,17 @@ from server.store import JobStore
 from worker.pipelines import Peers
 from worker.runner import Worker
 
-JOB_TYPE = "bench_empty"
+JOB_TYPE = "vlm_only"  # run by an empty pipeline: the queue alone is measured
 ORIGINAL_POLL = 2.0  # seconds: how often the original worker looked for jobs
 
 
-async def empty_pipeline(ctx, peers) -> dict:
+async def empty_pipeline(ctx, peers, data) -> dict:
     return {}
 
 
 async def create(store: JobStore, n: int, spacing: float) -> None:
     for _ in range(n):
-        await store.create_job(job_type=JOB_TYPE, domain_id="", query={}, input={})
+        await store.create_job(job_type=JOB_TYPE, domain_id="", query={}, input={"vlm_prompt": "-"})
         if spacing:
             await asyncio.sleep(spacing)
 

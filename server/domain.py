@@ -200,10 +200,12 @@ def _utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
-def _name_stamp(name: str) -> datetime | None:
+def name_stamp(name: str) -> tuple[str, datetime] | None:
+    """The last YYYYMMDD_HHMMSS stamp in `name` that is a real time: as
+    written, and as a UTC time."""
     for date_part, time_part in reversed(_STAMP_RE.findall(name)):
         try:
-            return datetime.strptime(date_part + time_part, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+            return f"{date_part}_{time_part}", datetime.strptime(date_part + time_part, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
         except ValueError:
             continue
     return None
@@ -213,9 +215,9 @@ def capture_time(item: DataItem, exif_time: datetime | None) -> datetime:
     """EXIF DateTimeOriginal, else a YYYYMMDD_HHMMSS stamp in the name, else created_at (UTC)."""
     if exif_time is not None:
         return _utc(exif_time)
-    stamp = _name_stamp(item.name)
+    stamp = name_stamp(item.name)
     if stamp is not None:
-        return stamp
+        return stamp[1]
     return _utc(item.created_at)
 
 

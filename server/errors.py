@@ -108,3 +108,15 @@ class TimedOut(NodeError):
     """The caller went quiet for longer than we wait."""
 
     code = "timed_out"
+
+
+# A job's error as the original node gave it, in its REST answers and
+# webhooks: a number for the kind of failure (its worker/vlm.py: 400 no
+# images, 200 webhook failed, 100 anything else), beside which `reason`
+# carries the node's own code.
+ORIGINAL_CODES = {"no_images": 400, "webhook_failed": 200, "webhook_refused": 200}
+PROCESSING_FAILED = 100
+
+
+def original_error(code: str, message: str) -> dict:
+    return {"code": ORIGINAL_CODES.get(code, PROCESSING_FAILED), "reason": code, "message": message}

@@ -13,17 +13,18 @@ TASK_TIMING = "task_timing_v1"
 VLM_ONLY = "vlm_only"
 JOB_TYPES = (TASK_TIMING, VLM_ONLY)
 MAX_PROMPT_CHARS = 8000
-INPUT_KEYS = {
-    TASK_TIMING: {"prompt", "vlm_prompt", "webhook_url"},
-    VLM_ONLY: {"prompt", "vlm_prompt", "webhook_url"},
-}
+# `job_type` in the input picks the pipeline, as the original worker read it
+# (its worker/vlm.py: inputs.get('job_type', 'task_timing_v1')).
+INPUT_KEYS = frozenset({"prompt", "vlm_prompt", "webhook_url", "job_type", "upload_results"})
 
 
 @dataclass(frozen=True)
 class JobInput:
+    pipeline: str  # the pipeline that runs: input.job_type, else the job's own type
     vlm_prompt: str
-    prompt: str  # the LLM's instruction; task_timing_v1 only
+    prompt: str  # the LLM's question; task_timing_v1 only
     webhook_url: str  # empty: no delivery
+    upload_results: bool = False  # store the output in the job's domain as a data item
 
 
 def validate_job_type(job_type: Any) -> str:
@@ -53,10 +54,20 @@ def validate_input(job_type: str, data: Any, *, destinations: Destinations | Non
     localhost); the worker checks every delivery in full."""
     if not isinstance(data, Mapping):
         raise BadInput("input must be an object")
-    unknown = set(data) - INPUT_KEYS[job_type]
+    unknown = set(data) - INPUT_KEYS
     if unknown:
         raise BadInput(f"unknown input field(s) for {job_type}: {listed(sorted(unknown))}")
-    if job_type == TASK_TIMING:
+    pipeline = job_type
+    if data.get("job_type") not in (None, ""):
+        if data["job_type"] not in JOB_TYPES:
+            raise BadInput(f"unknown input.job_type {quoted(data['job_type'])}; expected one of {', '.join(JOB_TYPES)}")
+        pipeline = data["job_type"]
+    upload_results = data.get("upload_results", False)
+    if upload_results is None:
+        upload_results = False
+    if not isinstance(upload_results, bool):
+        raise BadInput(f"input.upload_results must be true or false, got {quoted(upload_results)}")
+    if pipeline == TASK_TIMING:
         prompt = _text(data, "prompt", required=True)
         vlm_prompt = _text(data, "vlm_prompt", required=True)
     else:  # vlm_only: the original took the VLM prompt from either field
@@ -75,7 +86,9 @@ def validate_input(job_type: str, data: Any, *, destinations: Destinations | Non
             raise BadInput(f"input.webhook_url must be an http(s) URL, got {quoted(webhook_url)}")
         if destinations is not None:
             destinations.check_url(webhook_url)
-    return JobInput(vlm_prompt=vlm_prompt, prompt=prompt, webhook_url=webhook_url)
+    return JobInput(
+        pipeline=pipeline, vlm_prompt=vlm_prompt, prompt=prompt, webhook_url=webhook_url, upload_results=upload_results
+    )
 
 
 def validate_job(

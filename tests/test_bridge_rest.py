@@ -58,7 +58,9 @@ def check_job_shape(job: dict) -> None:
     for key in ("created_at", "updated_at"):
         assert job[key].endswith("Z"), job[key]
         assert datetime.fromisoformat(job[key].replace("Z", "+00:00")).utcoffset().total_seconds() == 0
-    assert job["error"] is None or set(job["error"]) == {"code", "message"}
+    # The original's error: a numeric code (100, 200 or 400), the node's own as `reason`.
+    assert job["error"] is None or (list(job["error"]) == ["code", "reason", "message"]
+                                    and job["error"]["code"] in (100, 200, 400))
     assert isinstance(job["query"], dict) and isinstance(job["input"], dict)
 
 
@@ -118,6 +120,42 @@ async def test_create_get_list_cancel_retry(http, settings):
     check_job_shape(retried.json())
     assert retried.json()["status"] == "pending" and retried.json()["input"] == new_input
     assert retried.json()["id"] == job["id"]
+
+
+async def test_retry_as_the_original_ui_sends_it(http, posemesh):
+    # Its Retry button: PUT {job_type, query: {ids}, domain_id, input} from the job's own fields
+    # (ui/src/js/jobManager.js createJobData; the ids read back from the form, one a line).
+    ids = [item["id"] for item in posemesh.items(DOMAIN_ID)][:2]
+    for query in ({"ids": []}, {"ids": ids}):
+        job = await create(http, query=query)
+        await http.post(f"/api/v1/jobs/{job['id']}/cancel")
+        sent_ids = [line for line in "\n".join(reversed(query["ids"])).split("\n") if line.strip()]
+        body = {"job_type": "task_timing_v1", "query": {"ids": sent_ids}, "domain_id": DOMAIN_ID.upper(),
+                "input": {"vlm_prompt": "Describe", "prompt": "When?", "webhook_url": ""}}
+        retried = await http.put(f"/api/v1/jobs/{job['id']}", content=json.dumps(body), headers=JSON)
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["status"] == "pending" and retried.json()["input"] == body["input"]
+        assert retried.json()["query"] == job["query"]
+
+
+async def test_a_failed_job_says_the_original_numeric_code_and_its_reason(http, worker, posemesh):
+    bad_id = posemesh.add_item(DOMAIN_ID, "photo_broken_20250810_170000", b"\xff\xd8\xff garbage")
+    job = await create(http, query={"ids": [bad_id]})
+
+    async def failed():
+        got = (await http.get(f"/api/v1/jobs/{job['id']}")).json()
+        return got if got["status"] == "failed" else None
+
+    error = (await wait_for(failed))["error"]
+    assert (error["code"], error["reason"]) == (400, "no_images"), error  # the original's "No images found"
+    assert error["message"]
+
+
+async def test_a_limit_of_0_lists_nothing_as_the_original_did(http):
+    await create(http)
+    assert (await http.get("/api/v1/jobs", params={"limit": 0})).json() == []
+    assert len((await http.get("/api/v1/jobs", params={"limit": ""})).json()) == 1  # empty: the default page
+    assert len((await http.get("/api/v1/jobs")).json()) == 1
 
 
 async def test_create_options_and_idempotency(http, posemesh):
@@ -242,6 +280,17 @@ async def test_bad_requests_are_refused_and_change_nothing(http):
         (finished["id"], dict(json={"job_type": "task_timing_v1", "input": {"\x1e": 2**60}}), 400,
          "input.'\\x1e' is a number out of range"),
         (finished["id"], dict(content=huge, headers=JSON), 413, "larger than"),
+        # What the original UI sends back with a retry must be the job's own.
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "domain_id": missing}), 400,
+         "domain_id differs from the job's"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "query": {"ids": [missing]}}), 400,
+         "query.ids differs from the job's"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "query": {"ids": [], "name": "x"}}),
+         400, "query.name differs"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "domain_id": "nope"}), 400,
+         "domain_id must be a UUID"),
+        (finished["id"], dict(json={"job_type": "task_timing_v1", "input": INPUT, "query": {"ids": "x"}}), 400,
+         "query.ids must be a list"),
     ]
     for job_id, kwargs, status, match in retry_cases:
         check_error(await http.put(f"/api/v1/jobs/{job_id}", **kwargs), status, match)

@@ -60,6 +60,12 @@ async def test_bad_creates_are_refused_and_store_nothing(jobs, posemesh):
         (create_request(input=struct({**INPUT, "promt": "x"})), grpc.StatusCode.INVALID_ARGUMENT, "unknown input field"),
         (create_request(input=struct({**INPUT, "prompt": "x" * 9000})), grpc.StatusCode.INVALID_ARGUMENT, "longer than"),
         (create_request(input=struct({**INPUT, "webhook_url": "ftp://x"})), grpc.StatusCode.INVALID_ARGUMENT, "webhook_url"),
+        (create_request(input=struct({**INPUT, "job_type": "vlm_onyl"})), grpc.StatusCode.INVALID_ARGUMENT,
+         "unknown input.job_type 'vlm_onyl'; expected one of task_timing_v1, vlm_only"),
+        (create_request(job_type="vlm_only", input=struct({"job_type": "task_timing_v1", "vlm_prompt": "x"})),
+         grpc.StatusCode.INVALID_ARGUMENT, "input.prompt is required"),  # the pipeline that runs decides
+        (create_request(input=struct({**INPUT, "upload_results": "yes"})), grpc.StatusCode.INVALID_ARGUMENT,
+         "input.upload_results must be true or false, got 'yes'"),
         (create_request(max_attempts=-1), grpc.StatusCode.INVALID_ARGUMENT, "max_attempts"),
         (create_request(idempotency_key="k" * 201), grpc.StatusCode.INVALID_ARGUMENT, "idempotency_key"),
         (create_request(domain_id=str(uuid.uuid4())), grpc.StatusCode.FAILED_PRECONDITION, "domain"),

@@ -57,7 +57,7 @@ async def test_a_short_timeline_is_one_question(engine, fake):
     assert (decision.windows, decision.calls) == (1, 1)
     [request] = fake.requests
     # The task comes after the timeline, so a cut from the front could never lose it.
-    assert request["prompt"].rstrip().endswith(f"Task: {TASK}")
+    assert request["prompt"].rstrip().endswith(f"Prompt: {TASK}")
     assert request["prompt"].index("1,09:00:00,a 640x480 image, mostly white") < request["prompt"].index(TASK)
     assert not request["truncated"] and request["options"]["temperature"] == 0
 

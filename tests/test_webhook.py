@@ -111,7 +111,8 @@ async def test_no_secret_no_signature_headers(http):
         err = {"code": "no_images", "message": "No data found"}
         await send(http, r.url, data=None, error=err, secret=None)
         [d] = r.wait_for(1)
-    assert d.json == {"job_id": JOB, "data": None, "error": err}
+    # The error as the original node sent it: its numeric code, ours as `reason`.
+    assert d.json == {"job_id": JOB, "data": None, "error": {"code": 400, "reason": "no_images", "message": "No data found"}}
     assert "x-vlm-signature" not in d.headers and "x-vlm-timestamp" not in d.headers
     assert d.signature_ok is None
 

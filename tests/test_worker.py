@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from vlmnode.v1 import jobs_pb2
 
 from tests.conftest import COLOURS, DOMAIN_ID
+from tests.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 
 FINAL = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
@@ -43,14 +44,17 @@ async def test_task_timing_finds_start_and_end(jobs, worker, webhook, posemesh, 
     timeline = output["timeline"]
     assert [row["caption"] for row in timeline] == [f"a 64x48 image, mostly {c}" for c in COLOURS]
     assert [row["timestamp"] for row in timeline][:2] == ["2025-08-10T16:40:00Z", "2025-08-10T16:41:00Z"]
-    assert output["logs"].splitlines()[0] == "id,timestamp,event"
-    assert len(output["logs"].splitlines()) == 7
+    # `logs` as the original wrote it: quoted rows, the time as the file name has it.
+    assert output["logs"] == "id,timestamp,event\n" + "".join(
+        f'"{row["image_id"]}","{row["name"][-15:]}","{row["caption"]}"\n' for row in timeline
+    )
     # "red" is in the prompt: the fake LLM marks the first and last red photos.
     task = output["task"]
     assert task["start"]["image_id"] == timeline[1]["image_id"]
     assert task["end"]["image_id"] == timeline[4]["image_id"]
     assert task["start"]["timestamp"] == "2025-08-10T16:41:00Z"
-    assert output["temporal_output"]["start"]["image_id"] == timeline[1]["image_id"]
+    # `temporal_output`: the LLM's reply to the prompt, in words, as the original gave it.
+    assert isinstance(output["temporal_output"], str) and "red" in output["temporal_output"]
     # The LLM was asked with the JSON schema, the VLM once per image.
     llm_calls = [r for r in fake_ollama.requests if r.get("format")]
     assert len(llm_calls) == 1 and llm_calls[0]["model"] == "llama3:latest"
@@ -85,6 +89,30 @@ async def test_vlm_only_returns_responses(jobs, worker, posemesh):
     assert all(r["response"].startswith("a 64x48 image, mostly") for r in responses)
 
 
+async def test_vlm_only_chosen_by_input_job_type_as_the_original_worker_chose(jobs, worker, posemesh, fake_ollama):
+    # The original UI and scripts sent a task_timing_v1 job whose input says vlm_only.
+    request = create_request(input=struct({"job_type": "vlm_only", "vlm_prompt": "What colour?"}))
+    done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    assert done.job_type == "task_timing_v1"  # stored as sent
+    output = as_dict(done.output)
+    assert set(output) == {"responses", "skipped"} and len(output["responses"]) == 6
+    assert not [r for r in fake_ollama.requests if r.get("format")], "no LLM step"
+
+
+async def test_times_in_the_original_form_when_they_came_from_the_file_name(jobs, worker, posemesh):
+    taken, domain = datetime(2024, 5, 6, 7, 8, 9), str(uuid.uuid4())
+    named = posemesh.add_item(domain, "photo_req_9_20250810_164000", solid_jpeg("red"))
+    exif = posemesh.add_item(domain, "photo_no_stamp", solid_jpeg("blue", exif_datetime=taken))
+    request = create_request(job_type="vlm_only", domain_id=domain, input=struct({"vlm_prompt": "What colour?"}))
+    done = await wait_final(jobs, (await jobs.CreateJob(request)).job.id)
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    by_id = {r["image_id"]: r for r in as_dict(done.output)["responses"]}
+    # `timestamp` as the original read it from the name; `taken_at` always ISO 8601.
+    assert (by_id[named]["timestamp"], by_id[named]["taken_at"]) == ("20250810_164000", "2025-08-10T16:40:00Z")
+    assert by_id[exif]["timestamp"] == by_id[exif]["taken_at"] == "2024-05-06T07:08:09Z"
+
+
 async def test_unreadable_images_are_skipped(jobs, worker, posemesh):
     bad_id = posemesh.add_item(DOMAIN_ID, "photo_broken_20250810_170000", b"not a jpeg at all")
     done = await wait_final(jobs, (await jobs.CreateJob(create_request())).job.id)
@@ -109,7 +137,9 @@ async def test_ollama_down_retries_then_fails(jobs, worker, fake_ollama, webhook
     assert done.attempts == 3
     assert done.error.code == "peer_unavailable" and "Ollama" in done.error.message
     [delivery] = await asyncio.to_thread(webhook.wait_for, 1)  # the worker runs in this loop: do not block it
-    assert delivery.json["data"] is None and delivery.json["error"]["code"] == "peer_unavailable"
+    assert delivery.json["data"] is None
+    # The original's "processing failed" (100), with the node's reason beside it.
+    assert delivery.json["error"] == {"code": 100, "reason": "peer_unavailable", "message": done.error.message}
 
 
 async def test_transient_ollama_errors_are_retried(jobs, worker, fake_ollama):
@@ -341,7 +371,7 @@ async def test_a_job_making_progress_between_failures_is_not_failed_by_the_budge
     now = datetime.now(timezone.utc)
 
     def flapping(progress: bool):
-        async def pipeline(ctx, peers):
+        async def pipeline(ctx, peers, data):
             if ctx.claim.attempt <= 6:
                 if progress:
                     made = Caption(f"image-{ctx.claim.attempt}", now, "n", now, "a caption")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from typing import Any, Protocol
 
-from server.domain import DataItem, capture_time, is_image, validate_query
+from server.domain import DataItem, capture_time, is_image, name_stamp, validate_query
 from server.errors import BadInput
 from server.images import MAX_BYTES, prepare
 from server.store import Caption
@@ -49,6 +49,14 @@ class Row:
     @property
     def timestamp(self) -> str:
         return self.caption.taken_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+    @property
+    def original_timestamp(self) -> str:
+        """The time as the original node wrote it in `logs` and in vlm_only's
+        `timestamp`: the name's YYYYMMDD_HHMMSS stamp when the time came from
+        it (the original read no other source), else `timestamp`."""
+        stamp = name_stamp(self.caption.name)
+        return stamp[0] if stamp and stamp[1] == self.caption.taken_at else self.timestamp
 
     def as_dict(self) -> dict[str, str]:
         c = self.caption

@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable, Protocol
 from server.config import Settings
 from server.domain import DomainClient
 from server.engine import OllamaEngine
-from server.jobs import TASK_TIMING, VLM_ONLY, validate_input
+from server.jobs import TASK_TIMING, VLM_ONLY, JobInput, validate_input
 from worker.captions import CaptionContext, caption_images
-from worker.task_timing import decide, task_output, timeline_csv
+from worker.task_timing import decide, reply, task_output, timeline_csv
 
 
 class JobContext(CaptionContext, Protocol):
@@ -27,28 +27,36 @@ class Peers:
     domain: DomainClient | None
 
 
-async def run_vlm_only(ctx: JobContext, peers: Peers) -> dict[str, Any]:
-    data = validate_input(VLM_ONLY, ctx.job["input"])
+async def run_vlm_only(ctx: JobContext, peers: Peers, data: JobInput) -> dict[str, Any]:
     rows, skipped = await caption_images(ctx, peers, data.vlm_prompt)
-    responses = [{"image_id": r.image_id, "timestamp": r.timestamp, "response": r.caption.caption} for r in rows]
+    responses = [
+        # `timestamp` as the original wrote it; `taken_at` always ISO 8601.
+        {"image_id": r.image_id, "timestamp": r.original_timestamp, "response": r.caption.caption, "taken_at": r.timestamp}
+        for r in rows
+    ]
     return {"responses": responses, "skipped": skipped}
 
 
-async def run_task_timing(ctx: JobContext, peers: Peers) -> dict[str, Any]:
-    data = validate_input(TASK_TIMING, ctx.job["input"])
+async def run_task_timing(ctx: JobContext, peers: Peers, data: JobInput) -> dict[str, Any]:
     rows, skipped = await caption_images(ctx, peers, data.vlm_prompt)
     await ctx.advance("completing")
     decision = await decide(rows, data.prompt, peers.engine, peers.settings.llm_model)
-    task = task_output(decision.verdict, rows)
     return {
         "logs": timeline_csv(rows),
-        "temporal_output": task,
-        "task": task,
+        "temporal_output": reply(decision.verdict, rows),
+        "task": task_output(decision.verdict, rows),
         "timeline": [row.as_dict() for row in rows],
         "skipped": skipped,
         "decision": {"windows": decision.windows, "llm_calls": decision.calls},
     }
 
 
-Pipeline = Callable[[JobContext, Peers], Awaitable[dict[str, Any]]]
+Pipeline = Callable[[JobContext, Peers, JobInput], Awaitable[dict[str, Any]]]
 PIPELINES: dict[str, Pipeline] = {TASK_TIMING: run_task_timing, VLM_ONLY: run_vlm_only}
+
+
+async def run_job(ctx: JobContext, peers: Peers, pipelines: dict[str, Pipeline] = PIPELINES) -> dict[str, Any]:
+    """The job's pipeline: the one its input's `job_type` names, as the
+    original worker chose it, else the job's own type."""
+    data = validate_input(ctx.job["job_type"], ctx.job["input"])
+    return await pipelines[data.pipeline](ctx, peers, data)

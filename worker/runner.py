@@ -22,7 +22,7 @@ from server.destinations import Destinations
 from server.errors import NodeError
 from server.retry import RetryStrategy, duration
 from server.store import JOBS_READY_CHANNEL, Caption, Claim, JobStore
-from worker.pipelines import PIPELINES, Peers, Pipeline
+from worker.pipelines import PIPELINES, Peers, Pipeline, run_job
 from worker.rescuer import JobRescuer
 from worker.webhook import deliver
 
@@ -238,7 +238,7 @@ class Worker:
         failed for good (for its webhook), and the status it ended in."""
         ctx = _Context(self.store, claim)
         try:
-            output = await self.pipelines[claim.job["job_type"]](ctx, self.peers)
+            output = await run_job(ctx, self.peers, self.pipelines)
         except JobCancelled:
             row = await self._finish(claim, "cancelled", error=CANCELLED)
         except Exception as exc:

@@ -58,7 +58,7 @@ import logging
 import httpx
 
 from server.destinations import Destinations
-from server.errors import PeerRefused, PeerUnavailable
+from server.errors import PeerRefused, PeerUnavailable, original_error
 from server.retry import RetryStrategy
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,10 @@ def sign(secret: str, ts: int | str, body: bytes) -> str:
 
 
 def encode_body(job_id: str, data: dict | None, error: dict | None) -> bytes:
+    """The delivery's body; `error` ({code, message}, the node's code) goes
+    out in the original's form: a numeric code, ours as `reason`."""
+    if error is not None:
+        error = original_error(error["code"], error["message"])
     return json.dumps(
         {"job_id": job_id, "data": data, "error": error}, separators=(",", ":"), ensure_ascii=False
     ).encode("utf-8")

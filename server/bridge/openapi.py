@@ -112,7 +112,7 @@ SPEC: dict = {
                     {
                         "name": "limit",
                         "in": "query",
-                        "description": "1 to 1000; absent, empty or 0 means 100.",
+                        "description": "1 to 1000; absent or empty means 100; 0 answers an empty list, as the original did.",
                         "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 1000}, EMPTY]},
                     },
                     {

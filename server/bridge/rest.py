@@ -37,7 +37,8 @@ from starlette.types import Receive, Scope, Send
 from vlmnode.v1 import jobs_pb2
 
 from server.bridge import openapi
-from server.errors import shown
+from server.domain import validate_domain_id, validate_query
+from server.errors import BadInput, original_error, shown
 from server.bridge.auth import caller_metadata
 from server.bridge.errors import error_response
 
@@ -53,7 +54,8 @@ STATUSES = tuple(
 FINAL_STATUSES = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
 
 CREATE_FIELDS = ("job_type", "query", "domain_id", "input", "idempotency_key", "priority", "max_attempts")
-RETRY_FIELDS = ("job_type", "input")
+# The original UI's Retry sends the job's domain_id and query back with it.
+RETRY_FIELDS = ("job_type", "input", "domain_id", "query")
 
 
 class BadRequest(Exception):
@@ -105,7 +107,7 @@ def job_to_json(job: jobs_pb2.Job) -> dict[str, Any]:
         "query": _struct(job, "query") or {},
         "input": _struct(job, "input") or {},
         "output": _struct(job, "output"),
-        "error": {"code": job.error.code, "message": job.error.message} if job.HasField("error") else None,
+        "error": original_error(job.error.code, job.error.message) if job.HasField("error") else None,
         "created_at": _timestamp(job, "created_at"),
         "updated_at": _timestamp(job, "updated_at"),
         "attempts": job.attempts,
@@ -279,6 +281,8 @@ async def list_jobs(request: Request) -> Response:
     job_type = request.query_params.get("job_type") or ""
     if len(job_type) > 100:
         raise BadRequest(f"unknown job_type {job_type[:40]!r}...")
+    if limit == 0 and request.query_params.get("limit"):
+        return JSONResponse([])  # as the original answered LIMIT 0 (an absent limit is the default page)
     response = await _jobs(request).ListJobs(
         jobs_pb2.ListJobsRequest(
             limit=limit,
@@ -316,12 +320,35 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(job_to_json(response.job))
 
 
+def _same_images(job: jobs_pb2.Job, body: dict) -> None:
+    """A retry runs over the job's own domain and query: a `domain_id` or
+    `query` sent with it must say the same (the original UI sends them back
+    as the job has them; its query with `ids` alone). What differs is
+    refused, not silently ignored."""
+    try:
+        if body.get("domain_id") not in (None, "") and validate_domain_id(body["domain_id"]) != job.domain_id.lower():
+            raise BadRequest("a retry runs over the job's own domain: domain_id differs from the job's; create a new job")
+        if body.get("query") is None:
+            return
+        sent, own = validate_query(body["query"]), validate_query(_struct(job, "query") or {"ids": []})
+    except BadInput as exc:
+        raise BadRequest(exc.message) from None
+    differ = ["ids"] if set(sent.ids) != set(own.ids) else []
+    differ += [key for key in ("name", "data_type") if getattr(sent, key) not in (None, getattr(own, key))]
+    if differ:
+        raise BadRequest(f"a retry runs over the job's own query: query.{', query.'.join(differ)} differs from the job's; create a new job")
+
+
 @refusing_bad_requests
 async def retry_job(request: Request) -> Response:
     job_id = _job_id(request)
     body = await _read_object(request, RETRY_FIELDS)
     message = jobs_pb2.RetryJobRequest(id=job_id, job_type=_string(body, "job_type", required=True))
     _object(body, "input", message.input)
+    if body.get("domain_id") not in (None, "") or body.get("query") is not None:
+        job = (await _jobs(request).GetJob(jobs_pb2.GetJobRequest(id=job_id), timeout=CALL_TIMEOUT,
+                                           metadata=caller_metadata())).job
+        _same_images(job, body)
     response = await _jobs(request).RetryJob(message, timeout=CALL_TIMEOUT, metadata=caller_metadata())
     return JSONResponse(job_to_json(response.job))
 

@@ -175,6 +175,7 @@ ID_WORDS = {"id", "ids", "row", "rows", "index", "idx", "image", "images", "phot
 TIME_WORDS = {"timestamp", "timestamps", "time", "ts", "date", "datetime", "when", "at"}
 EVENT_WORDS = {"event", "events", "caption", "captions", "description", "observation"}
 REASON_WORDS = {"reasoning", "reason", "reasons", "explanation", "rationale", "why", "justification"}
+ANSWER_WORDS = {"answer", "reply", "response", "summary"}  # asked for a reply in words: it says what it found
 CONFIDENCE_WORDS = {"confidence", "score", "probability", "certainty", "likelihood"}
 START_WORDS = {"start", "started", "starting", "begin", "began", "beginning", "first", "from"}
 END_WORDS = {"end", "ended", "ending", "finish", "finished", "last", "until"}
@@ -418,7 +419,7 @@ class SchemaAnswer:
             text = row.timestamp
         elif row is not None and last in EVENT_WORDS:
             text = row.event
-        elif last in REASON_WORDS:
+        elif last in REASON_WORDS or last in ANSWER_WORDS and not moment:
             text = self._reasoning(row, moment)
         elif moment and row is None:
             text = ""  # forced to say something about a moment that is not there
