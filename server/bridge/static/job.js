@@ -163,7 +163,10 @@ export async function render(root, ctx) {
       resultSlot.append(h("p.muted.result-empty", {}, waiting));
       return;
     }
-    if (job.job_type === "task_timing_v1" || output.timeline) {
+    if (typeof output.temporal_output === "string" && output.temporal_output) {
+      resultSlot.append(h("h3", {}, "The answer"), h("p.answer", {}, output.temporal_output));
+    }
+    if (Array.isArray(output.timeline)) {  // task_timing_v1 (a job's input.job_type may have asked for vlm_only)
       resultSlot.append(
         renderTimeline(output),
         h("h3", {}, "The LLM's reasoning"),
@@ -180,7 +183,7 @@ export async function render(root, ctx) {
             h(
               "li.response",
               {},
-              h("div.response__meta", {}, timeEl(item.timestamp), h("code.id", { title: item.image_id }, item.image_id)),
+              h("div.response__meta", {}, timeEl(item.taken_at || item.timestamp), h("code.id", { title: item.image_id }, item.image_id)),
               h("p.response__text", {}, item.response || h("span.muted", {}, "No caption")),
             ),
           ),
@@ -249,7 +252,7 @@ export async function render(root, ctx) {
           { "aria-labelledby": "section-error" },
           h("h2", { id: "section-error" }, "Error"),
           h("p.error-message", {}, job.error.message || "No message"),
-          job.error.code ? h("p.small.muted", {}, "Code ", h("code", {}, job.error.code)) : null,
+          job.error.code ? h("p.small.muted", {}, "Code ", h("code", {}, job.error.reason ? `${job.error.reason} (${job.error.code})` : job.error.code)) : null,
         ),
       );
     }
