@@ -26,12 +26,19 @@ Test knobs (all settable while the server runs):
     closing_boundary = True       False: an answer stops after its last part's bytes
     forbid_domain(domain_id)      DDS answers 403 for it
     revoke_all_tokens()           every token issued so far becomes invalid
+    read_only = False             True: DDS grants tokens that may read but not write, so
+                                  every upload is refused with 403 "invalid domain access token"
+    refuse_domain_tokens(n, writes_only=True)   the refusal above for the next n uploads only
+    fail_uploads(n, status=503, stored=False)   the next n uploads fail with that status;
+                                  stored=True: stored first, the answer lost on its way back (a
+                                  gateway's 502/504 after the server wrote the item)
 
 Records: counters (logins, refreshes, dds_tokens, dds_grants, downloads,
 metadata_requests, raw_downloads, uploads, domain_requests), domain_queries
 (parsed) and domain_query_strings (raw) of data GETs, posts (path, body,
-headers of each API/DDS POST), bytes_served (ids of the items whose bytes went
-out, once per answer) and bytes_sent (body bytes of data answers).
+headers of each API/DDS POST), upload_requests (method, headers and parts of
+each upload whose token was taken), bytes_served (ids of the items whose
+bytes went out, once per answer) and bytes_sent (body bytes of data answers).
 
 Run standalone for a demo:
 
@@ -170,6 +177,24 @@ class PostSeen:
     headers: dict[str, str]
 
 
+@dataclass(frozen=True)
+class PartSeen:
+    """One part of an upload: its headers (lower-cased names), Content-Disposition parameters, bytes."""
+
+    headers: dict[str, str]
+    disposition: dict[str, str]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class UploadSeen:
+    """One upload (POST or PUT .../data) whose token was taken, as it arrived, whatever was answered."""
+
+    method: str
+    headers: dict[str, str]
+    parts: list[PartSeen]
+
+
 class _HTTPError(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)
@@ -235,6 +260,9 @@ class FakePosemesh(Peer):
         self.line_ends = "crlf"
         self.closing_boundary = True
         self._refuse_tokens = 0
+        self._refuse_write_tokens = 0
+        self._fail_uploads: list[tuple[int, bool]] = []  # (status, stored first)
+        self.read_only = False
 
         self.logins = 0
         self.login_failures = 0
@@ -249,6 +277,7 @@ class FakePosemesh(Peer):
         self.domain_queries: list[dict[str, str]] = []
         self.domain_query_strings: list[str] = []
         self.posts: list[PostSeen] = []
+        self.upload_requests: list[UploadSeen] = []
         self.bytes_served: list[str] = []
         self.bytes_sent = 0
         self.client_ids_seen: set[str] = set()
@@ -320,6 +349,10 @@ class FakePosemesh(Peer):
         with self._lock:
             return [i.meta() for i in self._domains.get(domain_id, {}).values()]
 
+    def item_data(self, domain_id: str, item_id: str) -> bytes:
+        with self._lock:
+            return b"".join(self._domains[domain_id][item_id].pieces())
+
     def forbid_domain(self, domain_id: str) -> None:
         with self._lock:
             self._forbidden.add(str(uuid.UUID(domain_id)))
@@ -330,10 +363,19 @@ class FakePosemesh(Peer):
         with self._lock:
             self._fail[server] = [status] * n
 
-    def refuse_domain_tokens(self, n: int = 1) -> None:
-        """The next n domain requests refuse their token as an expired one is refused."""
+    def refuse_domain_tokens(self, n: int = 1, *, writes_only: bool = False) -> None:
+        """The next n domain requests (uploads only: `writes_only`) refuse their token as an
+        expired one is refused."""
         with self._lock:
-            self._refuse_tokens = n
+            if writes_only:
+                self._refuse_write_tokens = n
+            else:
+                self._refuse_tokens = n
+
+    def fail_uploads(self, n: int, status: int = 503, *, stored: bool = False) -> None:
+        """The next n uploads with a good token answer `status`; `stored`: after storing them."""
+        with self._lock:
+            self._fail_uploads = [(status, stored)] * n
 
     def revoke_all_tokens(self) -> None:
         with self._lock:
@@ -493,7 +535,13 @@ class FakePosemesh(Peer):
             raise _HTTPError(403, "domain access forbidden")
         url = self.domain_server_url
         token = self._mint(
-            {"typ": "domain", "iss": "dds", "domain_id": domain_id, "aud": [url], "ro": claims.get("ro", False)},
+            {
+                "typ": "domain",
+                "iss": "dds",
+                "domain_id": domain_id,
+                "aud": [url],
+                "ro": bool(claims.get("ro", False) or self.read_only),
+            },
             self.token_ttl if self.domain_token_ttl is None else self.domain_token_ttl,
         )
         return JSONResponse(
@@ -526,9 +574,13 @@ class FakePosemesh(Peer):
             raise _HTTPError(503, "was hanging")
         # Every refused domain token, expired, bad, for another domain or read-only on a write,
         # is 403 "invalid domain access token" (aukilabs/posemesh: bindings/javascript/tests/basic.test.ts).
+        write = request.method in ("POST", "PUT")
         with self._lock:
             refuse = self._refuse_tokens > 0 or self.mode == "expire_tokens"
+            refuse = refuse or (write and self._refuse_write_tokens > 0)
             self._refuse_tokens = max(0, self._refuse_tokens - 1)
+            if write:
+                self._refuse_write_tokens = max(0, self._refuse_write_tokens - 1)
             if self.mode == "expire_tokens":
                 self.mode = "ok"
         if refuse:
@@ -549,8 +601,10 @@ class FakePosemesh(Peer):
         if request.method == "GET":
             await self._domain_gate(request, check_client_id=True)
             return self._get_data(request)
+        # Uploads need no posemesh-client-id: the real client sends none on them (aukilabs/posemesh:
+        # core/domain-http/src/domain_data.rs, create_v1 and update_v1 set only the bearer token).
         claims = await self._domain_gate(request, check_client_id=False)
-        if claims.get("ro"):  # app credentials: basic.test.ts "should not upload domain data"
+        if claims.get("ro"):  # a token that may read only: basic.test.ts "should not upload domain data"
             raise _HTTPError(403, INVALID_DOMAIN_TOKEN)
         return await self._upload(request)
 
@@ -674,6 +728,16 @@ class FakePosemesh(Peer):
         return JSONResponse({"data": [item.meta()]})
 
     async def _upload(self, request: Request) -> Response:
+        """POST creates, PUT updates, one item per part, as the real client writes them (aukilabs/posemesh:
+        core/domain-http/src/domain_data.rs, upload_v1, create_v1, update_v1, write_create_body,
+        write_update_body): a create's part names the item in its Content-Disposition, `name` and
+        `data-type`; an update's part names it by `id` (1.x writes `id` alone, 0.1.x `name="<id>"; id`).
+        The answer is {"data": [metadata of each part]} (ListDomainDataMetadata there). A name is
+        unique in its domain: creating it again is 409, as the compute node expects
+        (core/compute-node/src/storage/client.rs map_status, tests/storage_errors.rs); updating an
+        id the domain does not hold is 404 (assumed). Limits: docs/posemesh-domain-data.md. No
+        GET /api/v1/info is served: the real client then sends the whole body in one request
+        (get_upload_info_v1 in domain_data.rs), as servers before the chunked upload take it."""
         domain_id = request.path_params["domain_id"]
         ctype, params = parse_options_header(request.headers.get("content-type", ""))
         if ctype != b"multipart/form-data" or b"boundary" not in params:
@@ -707,7 +771,10 @@ class FakePosemesh(Peer):
                 raise _HTTPError(413, "item too large")
 
         def on_part_end() -> None:
-            parts.append({"headers": dict(cur["headers"]), "data": bytes(cur["data"])})
+            headers = dict(cur["headers"])
+            _, disp = parse_options_header(headers.get("content-disposition", ""))
+            opts = {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in disp.items()}
+            parts.append(PartSeen(headers, opts, bytes(cur["data"])))
 
         parser = MultipartParser(
             params[b"boundary"],
@@ -735,14 +802,15 @@ class FakePosemesh(Peer):
         if parser.state != MultipartState.END:
             raise _HTTPError(400, "truncated multipart body")
 
+        self.upload_requests.append(UploadSeen(request.method, dict(request.headers), parts))
+
         now = datetime.now(UTC)
         out: list[_Item] = []
         with self._lock:
             items = self._domains[domain_id]
             names = {i.name for i in items.values()}
             for part in parts:
-                _, disp = parse_options_header(part["headers"].get("content-disposition", ""))
-                opts = {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in disp.items()}
+                opts = part.disposition
                 if request.method == "POST":
                     name, dtype = opts.get("name", ""), opts.get("data-type", "")
                     if not name or not dtype:
@@ -752,18 +820,22 @@ class FakePosemesh(Peer):
                     if name in names:
                         raise _HTTPError(409, f"data named {name!r} already exists")
                     names.add(name)
-                    out.append(_Item(str(uuid.uuid4()), domain_id, name, dtype, part["data"], now, now))
+                    out.append(_Item(str(uuid.uuid4()), domain_id, name, dtype, part.data, now, now))
                 else:
-                    item_id = opts.get("id") or opts.get("name", "")
+                    item_id = opts.get("id", "")
+                    if not item_id:
+                        raise _HTTPError(400, "each part needs an id")
                     existing = items.get(item_id)
                     if existing is None:
                         raise _HTTPError(404, f"data {item_id} not found")
                     dtype = opts.get("data-type", existing.data_type)
-                    out.append(
-                        _Item(existing.id, domain_id, existing.name, dtype, part["data"], existing.created_at, now)
-                    )
-            for item in out:
-                items[item.id] = item
+                    out.append(_Item(existing.id, domain_id, existing.name, dtype, part.data, existing.created_at, now))
+            with_failure = self._fail_uploads.pop(0) if self._fail_uploads else None
+            if with_failure is None or with_failure[1]:  # stored, unless it fails before
+                for item in out:
+                    items[item.id] = item
+        if with_failure is not None:
+            raise _HTTPError(with_failure[0], f"injected upload failure {with_failure[0]}")
         self.uploads += 1
         return JSONResponse({"data": [i.meta() for i in out]})
 
