@@ -20,10 +20,15 @@ Reading a domain: `list_items` (metadata only), then `is_image` / `images_only`,
 then `download_ids` for the bytes of exactly the items wanted, so sensor logs,
 scans and manifests beside the photos are never downloaded.
 
+Writing one: `upload_item` stores bytes as the item of a given name, replacing
+that item's bytes by id when the domain already holds it (PUT) and creating
+it otherwise (POST), so a retried upload never makes a second item.
+
 Errors: transport errors, timeouts, 408/429/5xx and broken bodies raise
 PeerUnavailable (transient) naming the server; definite refusals raise
 PeerRefused with codes `auth_failed`, `domain_forbidden`, `domain_not_found`,
-`no_credits`; a bad query or domain id raises BadInput.
+`no_credits` (and for uploads `item_exists`, `too_large`); a bad query, domain
+id, item name or data type raises BadInput.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from httpx._multipart import FileField, MultipartStream, _format_form_param
 from python_multipart.multipart import parse_options_header
 
 from server.errors import BadInput, PeerRefused, PeerUnavailable, listed, quoted, shown
@@ -67,6 +73,7 @@ TOKEN_MARGIN = 60.0  # seconds before exp a token is renewed (REFRESH_CACHE_TIME
 MAX_PREAMBLE_BYTES = 16 * 1024  # what a multipart body may hold before its first boundary
 MAX_EPILOGUE_BYTES = 16 * 1024  # read after the closing delimiter, so the connection can be reused
 MAX_PART_HEADER_BYTES = 16 * 1024  # one part's header block; real ones are about 400 bytes
+UPLOAD_ROUNDS = 3  # look-ups then writes of one upload_item, when the item changes between the two
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _STAMP_RE = re.compile(r"(?<!\d)(\d{8})_(\d{6})(?!\d)")
@@ -132,20 +139,21 @@ def validate_domain_id(domain_id: Any) -> str:
     return domain_id.strip().lower()
 
 
-def _check_filter(key: str, value: Any) -> str | None:
+def _check_filter(key: str, value: Any, where: str = "query.") -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadInput(f"query.{key} must be a string, got {type(value).__name__}")
+        raise BadInput(f"{where}{key} must be a string, got {type(value).__name__}")
     if not value:
-        raise BadInput(f"query.{key} must not be empty (leave it out to match any)")
+        hint = " (leave it out to match any)" if where == "query." else ""
+        raise BadInput(f"{where}{key} must not be empty{hint}")
     if len(value) > MAX_FILTER_LEN:
-        raise BadInput(f"query.{key} is too long (max {MAX_FILTER_LEN} characters)")
+        raise BadInput(f"{where}{key} is too long (max {MAX_FILTER_LEN} characters)")
     bad = sorted(set(value) & FORBIDDEN_CHARS)
     if bad:
-        raise BadInput(f"query.{key} contains forbidden characters: {' '.join(bad)}")
+        raise BadInput(f"{where}{key} contains forbidden characters: {' '.join(bad)}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise BadInput(f"query.{key} contains control characters")
+        raise BadInput(f"{where}{key} contains control characters")
     return value
 
 
@@ -436,6 +444,38 @@ class _Broken(Exception):
     pass
 
 
+class _UploadPart(FileField):
+    """One item of an upload, framed as the real client frames it (aukilabs/posemesh:
+    core/domain-http/src/domain_data.rs, write_create_body / write_update_body):
+
+        Content-Type: application/octet-stream
+        Content-Disposition: form-data; name="<name>"; data-type="<type>"     (create)
+        Content-Disposition: form-data; id="<id>"                             (update)
+
+    httpx's MultipartStream writes the body (boundary, framing, closing delimiter); a part of its
+    own can only have `name` and `filename` in its Content-Disposition, and the domain server reads
+    `data-type` and `id` there, so this part renders its two header lines itself, each value escaped
+    by httpx's own `_format_form_param` (httpx is pinned; tests/test_domain.py checks the bytes)."""
+
+    def __init__(self, disposition: dict[str, str], data: bytes) -> None:
+        super().__init__(disposition.get("name", ""), (None, data, "application/octet-stream"))
+        self._disposition = disposition
+
+    def render_headers(self) -> bytes:
+        if not hasattr(self, "_headers"):
+            params = b"; ".join(_format_form_param(k, v) for k, v in self._disposition.items())
+            self._headers = (
+                b"Content-Type: application/octet-stream\r\nContent-Disposition: form-data; " + params + b"\r\n\r\n"
+            )
+        return self._headers
+
+
+def _upload_body(disposition: dict[str, str], data: bytes) -> MultipartStream:
+    body = MultipartStream(data={}, files={})
+    body.fields = [_UploadPart(disposition, data)]
+    return body
+
+
 # --------------------------------------------------------------------------- #
 # Tokens
 # --------------------------------------------------------------------------- #
@@ -548,6 +588,46 @@ class DomainClient:
                 out.setdefault(item.id, item)
         return list(out.values())
 
+    async def upload_item(self, domain_id: str, name: str, data_type: str, data: bytes) -> DataItem:
+        """Store `data` as the domain's item named `name`; returns its metadata (no bytes).
+
+        The domain is asked first for an item of that name (names are unique per domain): one found
+        has its bytes replaced by id (PUT), else the item is created (POST). So a retried upload,
+        even one whose earlier try was stored but whose answer was lost, updates that item instead
+        of making a second; a create refused with 409 (made meanwhile) is looked up and updated, an
+        update refused with 404 (deleted meanwhile) is created. As the real compute node writes its
+        outputs (aukilabs/posemesh: core/compute-node/src/storage/output.rs put_domain_artifact:
+        find_artifact_id, then upload_artifact with existing_id). An item of that name with another
+        data type is somebody else's: refused with `item_exists`, never overwritten."""
+        domain_id = validate_domain_id(domain_id)
+        name = _check_filter("name", name, "item ")
+        data_type = _check_filter("data_type", data_type, "item ")
+        if not isinstance(data, bytes | bytearray):
+            raise BadInput(f"item data must be bytes, got {type(data).__name__}")
+        for _ in range(UPLOAD_ROUNDS):
+            existing = await self._find_by_name(domain_id, name)
+            if existing is not None:
+                if existing.data_type != data_type:
+                    raise PeerRefused(
+                        f"domain {domain_id} already holds an item named {shown(name)} of type "
+                        f"{shown(existing.data_type)}, not {shown(data_type)}; it is left as it is",
+                        code="item_exists",
+                    )
+                item = await self._send_item(domain_id, "PUT", {"id": existing.id}, bytes(data))
+            else:
+                item = await self._send_item(domain_id, "POST", {"name": name, "data-type": data_type}, bytes(data))
+            if item is not None:
+                return item
+        raise PeerUnavailable(
+            f"{DOMAIN}: the item named {shown(name)} in domain {domain_id} kept appearing and vanishing "
+            f"while it was uploaded ({UPLOAD_ROUNDS} rounds)"
+        )
+
+    async def _find_by_name(self, domain_id: str, name: str) -> DataItem | None:
+        """The item of exactly this name, by a metadata request (its filter is taken as exact here too)."""
+        found = [i for i in await self._request_items(domain_id, {"name": name}, multipart=False) if i.name == name]
+        return found[0] if found else None
+
     # ------------------------------------------------------------ domain server
 
     async def _request_items(self, domain_id: str, params: dict[str, str], *, multipart: bool) -> list[DataItem]:
@@ -580,6 +660,57 @@ class DomainClient:
             except httpx.TransportError as e:
                 raise PeerUnavailable(f"{DOMAIN} at {grant.url} is unreachable: {_reason(e)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send_item(
+        self, domain_id: str, method: str, disposition: dict[str, str], data: bytes
+    ) -> DataItem | None:
+        """One upload request, as the real client sends it (aukilabs/posemesh:
+        core/domain-http/src/domain_data.rs, upload_v1, create_v1, update_v1, write_create_body,
+        write_update_body): POST (create) or PUT (update) {server}/api/v1/domains/{id}/data, a
+        multipart/form-data body of one part whose Content-Disposition carries `name` and
+        `data-type` (create) or `id` (update), and the domain token as Bearer. We add
+        posemesh-client-id, as on every other request and as the compute node sends it on its
+        uploads (core/compute-node/src/storage/client.rs). The answer is {"data": [metadata]}.
+
+        None: the item changed under us, so the caller looks again (409 to a create: one of that
+        name exists now; 404 to an update: it was deleted). A refused token (401, or 403 "invalid
+        domain access token", which the real server also answers to a token that may read but not
+        write: bindings/javascript/tests/basic.test.ts) is re-granted once, as downloads do."""
+        stale: str | None = None
+        for attempt in (1, 2):
+            grant = await self._grant(domain_id, stale=stale)
+            url = f"{grant.url}/api/v1/domains/{quote(domain_id)}/data"
+            body = _upload_body(disposition, data)
+            headers = {
+                "Authorization": f"Bearer {grant.token.value}",
+                "posemesh-client-id": self._client_id,
+                "Content-Type": body.content_type,  # multipart/form-data; boundary=...
+            }
+            try:
+                resp = await self._http.request(
+                    method, url, headers=headers, content=b"".join(body), timeout=self._timeout
+                )
+            except httpx.TimeoutException as e:
+                raise PeerUnavailable(f"{DOMAIN} at {grant.url} timed out ({type(e).__name__})") from None
+            except httpx.TransportError as e:
+                raise PeerUnavailable(f"{DOMAIN} at {grant.url} is unreachable: {_reason(e)}") from None
+            if resp.status_code in (401, 403) and attempt == 1:
+                stale = grant.token.value
+                continue
+            if (method, resp.status_code) in (("POST", 409), ("PUT", 404)):
+                return None
+            if not 200 <= resp.status_code < 300:
+                raise _upload_error(resp.status_code, resp.text[:200], domain_id, len(data))
+            return self._upload_answer(resp, domain_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _upload_answer(self, resp: httpx.Response, domain_id: str) -> DataItem:
+        """The one item's metadata in {"data": [...]} (ListDomainDataMetadata in domain_data.rs)."""
+        doc = _json(resp, DOMAIN)
+        entries = doc.get("data") if isinstance(doc, Mapping) else None
+        if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], Mapping):
+            raise PeerUnavailable(f"{DOMAIN} answered an upload to domain {domain_id} without the one item's metadata")
+        return _item_from_meta(entries[0], domain_id)
 
     async def _read_multipart(self, resp: httpx.Response, domain_id: str) -> list[DataItem]:
         ctype, params = parse_options_header(resp.headers.get("content-type", ""))
@@ -781,6 +912,19 @@ async def _short_body(resp: httpx.Response) -> str:
     except httpx.HTTPError:
         return ""
     return raw[:200].decode("utf-8", "replace")
+
+
+def _upload_error(status: int, body: str, domain_id: str, size: int) -> Exception:
+    detail = f" ({body.strip()})" if body and body.strip() else ""
+    if status == 403:  # a second time, with a fresh token: this account may not write here
+        return PeerRefused(
+            f"{DOMAIN} refused to store data in domain {domain_id} (403){detail}: the posemesh account "
+            "may read this domain but not write to it",
+            code="domain_forbidden",
+        )
+    if status == 413:
+        return PeerRefused(f"{DOMAIN} refused an item of {size} bytes as too large (413){detail}", code="too_large")
+    return _status_error(DOMAIN, status, body, domain_id)
 
 
 def _status_error(server: str, status: int, body: str, domain_id: str | None) -> Exception:

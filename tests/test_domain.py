@@ -836,3 +836,141 @@ async def test_fake_upload_and_raw(fake, domain_id):
         assert r.status_code == 400  # no client id
         r = await http.get(url, headers={**auth, "Authorization": "Bearer a.b.c", "Accept": "application/json"})
         assert (r.status_code, r.text) == (403, INVALID_DOMAIN_TOKEN)  # basic.test.ts: 403, not 401
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def uploads(fake) -> list[tuple[str, dict[str, str]]]:
+    """Each upload the fake took: its method and its part's Content-Disposition parameters."""
+    return [(u.method, u.parts[0].disposition) for u in fake.upload_requests]
+
+
+async def test_upload_creates_the_item_as_the_real_client_does(fake, domain_id):
+    sent: list[httpx.Request] = []
+
+    async def keep(request: httpx.Request) -> None:
+        if request.method in ("POST", "PUT") and request.url.path.endswith("/data"):
+            sent.append(request)
+
+    async with httpx.AsyncClient(event_hooks={"request": [keep]}) as http:
+        client = make_client(fake, http=http)
+        item = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b'{"a":1}')
+    assert (item.name, item.data_type, item.size, item.data) == ("result_1", "vlm_job_result_json", 7, None)
+    held = [(i["id"], i["name"], i["data_type"], i["size"]) for i in fake.items(domain_id)]
+    assert held == [(item.id, "result_1", "vlm_job_result_json", 7)]
+    assert fake.item_data(domain_id, item.id) == b'{"a":1}'
+    # Looked up by name first (metadata only), then created.
+    assert fake.domain_queries[-1] == {"name": "result_1"}
+    [request] = sent
+    assert request.url.path == f"/domain-svc/api/v1/domains/{domain_id}/data"
+    assert request.headers["authorization"].startswith("Bearer ")
+    assert request.headers["posemesh-client-id"] == "vlm-node"
+    boundary = request.headers["content-type"].removeprefix("multipart/form-data; boundary=")
+    body = b"".join(request.stream)
+    # core/domain-http/src/domain_data.rs write_create_body, then the closing delimiter.
+    assert body == (
+        f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+        f'Content-Disposition: form-data; name="result_1"; data-type="vlm_job_result_json"\r\n\r\n'
+        f'{{"a":1}}\r\n--{boundary}--\r\n'
+    ).encode()
+    assert int(request.headers["content-length"]) == len(body)
+
+
+async def test_upload_again_updates_the_same_item_by_id(fake, domain_id, client):
+    first = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"one")
+    second = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"second")
+    assert second.id == first.id and second.size == 6
+    assert [i["id"] for i in fake.items(domain_id)] == [first.id]
+    assert fake.item_data(domain_id, first.id) == b"second"
+    # write_update_body: the part names the item by id alone.
+    assert uploads(fake) == [
+        ("POST", {"name": "result_1", "data-type": "vlm_job_result_json"}),
+        ("PUT", {"id": first.id}),
+    ]
+
+
+async def test_an_upload_whose_answer_was_lost_is_not_made_twice(fake, domain_id, client):
+    fake.fail_uploads(1, 504, stored=True)  # stored, then a gateway's 504 on the way back
+    with pytest.raises(PeerUnavailable, match="answered 504"):
+        await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    item = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    assert [i["id"] for i in fake.items(domain_id)] == [item.id]
+    assert [m for m, _ in uploads(fake)] == ["POST", "PUT"]
+
+
+async def test_an_upload_that_failed_before_storing_creates_it_next_time(fake, domain_id, client):
+    fake.fail_uploads(1, 503)
+    with pytest.raises(PeerUnavailable, match="answered 503"):
+        await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    assert fake.items(domain_id) == []
+    item = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    assert [i["id"] for i in fake.items(domain_id)] == [item.id]
+
+
+async def test_concurrent_uploads_of_one_name_make_one_item(fake, domain_id, client):
+    # Whichever create comes second is refused with 409 and updates the first one's item instead.
+    items = await asyncio.gather(
+        *(client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"x%d" % n) for n in range(4))
+    )
+    assert len({i.id for i in items}) == 1 and len(fake.items(domain_id)) == 1
+
+
+async def test_an_item_deleted_between_look_up_and_update_is_created(fake, domain_id, client, monkeypatch):
+    gone = DataItem(str(uuid.uuid4()), domain_id, "result_1", "vlm_job_result_json", 1, datetime.now(UTC),
+                    datetime.now(UTC))
+    looks = iter([gone, None])
+
+    async def find(_domain_id, _name):
+        return next(looks)
+
+    monkeypatch.setattr(client, "_find_by_name", find)
+    item = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    assert [m for m, _ in uploads(fake)] == ["PUT", "POST"] and item.id != gone.id
+
+
+async def test_an_item_of_that_name_and_another_type_is_left_alone(fake, domain_id, client):
+    theirs = fake.add_item(domain_id, "result_1", b"theirs", "csv")
+    with pytest.raises(PeerRefused, match="already holds an item named result_1 of type csv") as info:
+        await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"ours")
+    assert info.value.code == "item_exists" and fake.upload_requests == []
+    assert fake.item_data(domain_id, theirs) == b"theirs"
+
+
+async def test_a_token_expired_at_upload_is_regranted_once(fake, domain_id, client):
+    await client.list_items(domain_id, {"ids": []})  # holds a domain token now
+    grants = fake.dds_grants
+    fake.refuse_domain_tokens(1, writes_only=True)
+    item = await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    assert fake.dds_grants == grants + 1 and [i["id"] for i in fake.items(domain_id)] == [item.id]
+
+
+async def test_a_read_only_account_is_refused_for_good(fake, domain_id, client):
+    fake.read_only = True  # its domain tokens may read, not write: 403 "invalid domain access token"
+    with pytest.raises(PeerRefused, match="may read this domain but not write") as info:
+        await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"v1")
+    assert info.value.code == "domain_forbidden" and INVALID_DOMAIN_TOKEN in info.value.message
+    assert fake.items(domain_id) == [] and fake.dds_grants == 2  # re-granted once, refused again
+
+
+async def test_an_item_over_the_servers_limit_is_too_large(fake, domain_id, client):
+    from tests.peers.fake_posemesh import MAX_ITEM_BYTES
+
+    with pytest.raises(PeerRefused, match=f"{MAX_ITEM_BYTES + 1} bytes as too large") as info:
+        await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"x" * (MAX_ITEM_BYTES + 1))
+    assert info.value.code == "too_large" and fake.items(domain_id) == []
+
+
+@pytest.mark.parametrize(
+    "name, data_type, message",
+    [
+        ("", "json", "item name must not be empty"),
+        ("a/b", "json", "item name contains forbidden characters: /"),
+        ("ok", 'j"son', 'item data_type contains forbidden characters: "'),
+        ("a\r\nb", "json", "item name contains control characters"),
+    ],
+)
+async def test_bad_item_names_are_refused_before_any_request(fake, domain_id, client, name, data_type, message):
+    with pytest.raises(BadInput, match=message):
+        await client.upload_item(domain_id, name, data_type, b"v1")
+    assert fake.domain_requests == 0 and fake.logins == 0
