@@ -1,5 +1,6 @@
-"""The worker: claims jobs, runs their pipeline under a renewed lease, and
-records how each attempt ended."""
+"""The worker: claims jobs, runs their pipeline under a renewed lease, writes
+their results out (status `uploading`: to the job's domain when its input asks
+for it, then to its webhook), and records how each attempt ended."""
 
 import asyncio
 import contextlib
@@ -24,6 +25,7 @@ from server.retry import RetryStrategy, duration
 from server.store import JOBS_READY_CHANNEL, Caption, Claim, JobStore
 from worker.pipelines import PIPELINES, Peers, Pipeline, run_job
 from worker.rescuer import JobRescuer
+from worker.upload import upload_result, wants_upload
 from worker.webhook import deliver
 
 log = logging.getLogger(__name__)
@@ -233,16 +235,22 @@ class Worker:
                 log.warning("job %s: could not report the failure to its webhook: %s", claim.id, exc.message)
 
     async def _attempt(self, claim: Claim) -> tuple[dict | None, str]:
-        """Runs the pipeline and records the outcome, a successful webhook
-        delivery included, under the lease. Returns the error of a job that
-        failed for good (for its webhook), and the status it ended in."""
+        """Runs the pipeline and records the outcome, the result's upload to
+        the domain and a successful webhook delivery included, under the
+        lease. Returns the error of a job that failed for good (for its
+        webhook), and the status it ended in."""
         ctx = _Context(self.store, claim)
+        output = None
         try:
             output = await run_job(ctx, self.peers, self.pipelines)
+            if wants_upload(claim.job):
+                await ctx.advance("uploading")
+                output = await upload_result(self.peers.domain, claim.job, output)
         except JobCancelled:
             row = await self._finish(claim, "cancelled", error=CANCELLED)
         except Exception as exc:
-            return await self._failed(claim, exc, progressed=ctx.progressed)
+            # A failed upload keeps the output when the job fails for good: the work is done.
+            return await self._failed(claim, exc, progressed=ctx.progressed, output=output)
         else:
             row = await self._completed(claim, output)
         return None, _outcome(row)
@@ -273,7 +281,9 @@ class Worker:
                 return await self._finish(claim, "failed", output=output, error=error)
         return await self._finish(claim, "completed", output=output)
 
-    async def _failed(self, claim: Claim, exc: Exception, *, progressed: bool) -> tuple[dict | None, str]:
+    async def _failed(
+        self, claim: Claim, exc: Exception, *, progressed: bool, output: dict | None = None
+    ) -> tuple[dict | None, str]:
         if isinstance(exc, NodeError):
             error, transient = {"code": exc.code, "message": exc.message}, exc.transient
         elif isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
@@ -296,7 +306,7 @@ class Worker:
                 return None, _outcome(row)
             error["message"] += gave_up(failing_for, failures, claim.job["max_attempts"], retry.retry_for)
         log.warning("job %s failed: %s", claim.id, error["message"])
-        row = await self._finish(claim, "failed", error=error, failed=True)
+        row = await self._finish(claim, "failed", output=output, error=error, failed=True)
         return (error if row and row["status"] == "failed" else None), _outcome(row)
 
     async def _deliver(self, url: str, claim: Claim, *, data: dict | None, error: dict | None) -> None:
