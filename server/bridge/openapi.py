@@ -84,7 +84,15 @@ WEBHOOK_URL = {
         "`webhook_refused`."
     ),
 }
-JOB_ERROR_CODES = "e.g. `webhook_failed`, `webhook_refused`, `bad_model_answer`, `no_images`"
+JOB_ERROR_CODES = "e.g. `webhook_failed`, `webhook_refused`, `bad_model_answer`, `no_images`, `upload_failed`"
+UPLOAD_RESULTS = {"type": ["boolean", "null"], "description": "Store the output in the job's domain as well."}
+INPUT_SCHEMAS = {"task_timing_v1": "TaskTimingInput", "vlm_only": "VlmOnlyInput"}
+
+
+def PIPELINE(job_type: str) -> dict:  # noqa: N802 (a schema, like the constants beside it)
+    """input.job_type within a job whose pipeline is `job_type` by default."""
+    return {"type": ["string", "null"], "enum": [job_type, "", None],
+            "description": "The pipeline that runs, as the original worker read it; absent: the job's type."}
 
 SPEC: dict = {
     "openapi": "3.1.0",
@@ -263,7 +271,12 @@ SPEC: dict = {
                 "summary": "Realtime image inference (WebSocket)",
                 "description": (
                     "Upgrade to a WebSocket. Binary messages are images, a text message is the prompt; answers "
-                    'are JSON text messages {"response": "...", "done": false|true}. The server pings every '
+                    "are binary messages, each one JSON object as Ollama streams it (model, created_at, response, "
+                    "done; on the last done_reason, Ollama's counts, frames and frames_dropped), or with "
+                    '`?format=text` JSON text messages {"response": "...", "done": false|true}. Images before '
+                    "any prompt are kept (the newest batch) and answered when it comes. A bad image gets "
+                    '{"error": "...", "done": false} and the stream goes on; an error that ends it, '
+                    '{"error": "...", "done": true} before the close. The server pings every '
                     "10 s. `?num_predict=` limits the answer length. A browser offers the subprotocols "
                     '["vlmnode", "bearer.<token>"] (or the token as `?access_token=`); the bridge picks '
                     "`vlmnode`, never echoes the token. A plain GET without the upgrade is answered 426."
@@ -275,7 +288,14 @@ SPEC: dict = {
                         "in": "query",
                         "description": "0 (the model's own limit) to 8192; a bad value closes the socket with 1008.",
                         "schema": {"type": "integer", "minimum": 0, "maximum": 8192},
-                    }
+                    },
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "description": "How answers are sent: binary (the original's, by default) or text; "
+                        "another value closes the socket with 1008.",
+                        "schema": {"type": "string", "enum": ["binary", "text"], "default": "binary"},
+                    },
                 ],
                 "responses": {
                     "101": {"description": "Switching to the WebSocket protocol."},
@@ -386,8 +406,9 @@ SPEC: dict = {
                     "output": {
                         "type": ["object", "null"],
                         "description": (
-                            "task_timing_v1: logs, temporal_output and the structured result; "
-                            "vlm_only: {responses: [{image_id, timestamp, response}]}. Null until there is one."
+                            "task_timing_v1: logs, temporal_output (the reply in words), task, timeline, skipped, "
+                            "decision; vlm_only: {responses: [{image_id, timestamp, response, taken_at}], skipped}; "
+                            "with input.upload_results, uploaded: {id, name, data_type, size}. Null until there is one."
                         ),
                     },
                     "error": {"oneOf": [{"type": "null"}, _ref("JobError")]},
@@ -400,9 +421,11 @@ SPEC: dict = {
             },
             "JobError": {
                 "type": "object",
-                "required": ["code", "message"],
+                "required": ["code", "reason", "message"],
                 "properties": {
-                    "code": {"type": "string", "description": f"Stable, for programs: {JOB_ERROR_CODES}."},
+                    "code": {"type": "integer", "enum": [100, 200, 400],
+                             "description": "The original node's: 400 no images, 200 webhook failed, 100 any other."},
+                    "reason": {"type": "string", "description": f"Stable, for programs: {JOB_ERROR_CODES}."},
                     "message": {"type": "string", "description": "One line, for people."},
                 },
             },
@@ -433,7 +456,9 @@ SPEC: dict = {
                 "type": "object",
                 "description": "A job's input as stored.",
                 "additionalProperties": False,
-                "properties": {"prompt": TEXT, "vlm_prompt": TEXT, "webhook_url": WEBHOOK_URL},
+                "properties": {"prompt": TEXT, "vlm_prompt": TEXT, "webhook_url": WEBHOOK_URL,
+                               "job_type": {"type": ["string", "null"], "enum": [*JOB_TYPES, "", None]},
+                               "upload_results": UPLOAD_RESULTS},
             },
             "TaskTimingInput": {
                 "type": "object",
@@ -443,13 +468,16 @@ SPEC: dict = {
                     "prompt": {**NON_BLANK, "description": "The LLM's instruction."},
                     "vlm_prompt": {**NON_BLANK, "description": "The VLM's prompt for each image."},
                     "webhook_url": WEBHOOK_URL,
+                    "job_type": PIPELINE("task_timing_v1"),
+                    "upload_results": UPLOAD_RESULTS,
                 },
             },
             "VlmOnlyInput": {
                 "type": "object",
                 "description": "The VLM's prompt comes from vlm_prompt or, when that is empty, from prompt.",
                 "additionalProperties": False,
-                "properties": {"prompt": TEXT, "vlm_prompt": TEXT, "webhook_url": WEBHOOK_URL},
+                "properties": {"prompt": TEXT, "vlm_prompt": TEXT, "webhook_url": WEBHOOK_URL,
+                               "job_type": PIPELINE("vlm_only"), "upload_results": UPLOAD_RESULTS},
                 "anyOf": [
                     {"required": ["vlm_prompt"], "properties": {"vlm_prompt": NON_BLANK}},
                     {
@@ -459,10 +487,15 @@ SPEC: dict = {
                 ],
             },
             "CreateJob": {
+                # The pipeline, and so the input's schema: input.job_type when given, else the job's type.
                 "oneOf": [
-                    {"allOf": [_ref("CreateJobFields"), {"properties": {"job_type": {"const": job_type},
-                                                                         "input": _ref(schema)}}]}
-                    for job_type, schema in (("task_timing_v1", "TaskTimingInput"), ("vlm_only", "VlmOnlyInput"))
+                    {"allOf": [_ref("CreateJobFields"), {"properties": {
+                        "job_type": {"const": job_type},
+                        "input": _ref(INPUT_SCHEMAS[pipeline]) if pipeline == job_type else {
+                            "allOf": [_ref(INPUT_SCHEMAS[pipeline]), {"required": ["job_type"],
+                                                                       "properties": {"job_type": {"const": pipeline}}}]},
+                    }}]}
+                    for job_type in JOB_TYPES for pipeline in JOB_TYPES
                 ],
             },
             "CreateJobFields": {
