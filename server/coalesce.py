@@ -10,14 +10,18 @@ never held back for one that might follow.
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 
+from server.engine import Chunk
 
-async def coalesced(source: AsyncIterator[tuple[str, bool]]) -> AsyncIterator[tuple[str, bool]]:
-    """(text, done) pairs of `source`, the ones that queued up while the
-    reader was away joined into one; an error of `source` comes after the
-    text before it. Closing this closes `source` at once."""
-    pending: list[tuple[str, bool]] = []
+
+async def coalesced(source: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    """The chunks of `source`, the ones that queued up while the reader was
+    away joined into one: the last of them (its time, its done and counts)
+    with all their text. An error of `source` comes after the text before it.
+    Closing this closes `source` at once."""
+    pending: list[Chunk] = []
     arrived = asyncio.Event()
     ended = False
     error: Exception | None = None
@@ -41,9 +45,9 @@ async def coalesced(source: AsyncIterator[tuple[str, bool]]) -> AsyncIterator[tu
             await arrived.wait()
             arrived.clear()
             if pending:
-                text, done = "".join(text for text, _ in pending), pending[-1][1]
+                joined = dataclasses.replace(pending[-1], text="".join(chunk.text for chunk in pending))
                 pending.clear()
-                yield text, done
+                yield joined
             if ended and not pending:
                 if error is not None:
                     raise error

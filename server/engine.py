@@ -33,7 +33,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import httpx
@@ -76,6 +76,29 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(e))
         yield e
         todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+# Ollama's counts on the last part of an answer (api/types.go Metrics): tokens, and durations in nanoseconds.
+METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed answer, with what Ollama said of it."""
+
+    text: str
+    done: bool
+    model: str = ""
+    created_at: str = ""  # RFC 3339, as Ollama wrote it
+    done_reason: str = ""  # on the last: "stop", or "length" when num_predict cut the answer
+    metrics: dict[str, int] = field(default_factory=dict)  # on the last: those of METRICS Ollama gave
+
+    @classmethod
+    def of(cls, part: ollama.GenerateResponse) -> "Chunk":
+        metrics = {name: value for name in METRICS if isinstance(value := getattr(part, name, None), int) and value > 0}
+        return cls(
+            part.response or "", bool(part.done), part.model or "", part.created_at or "", part.done_reason or "", metrics
+        )
 
 
 @dataclass(frozen=True)
@@ -218,8 +241,8 @@ class OllamaEngine:
     # -- inference ---------------------------------------------------------------------
     async def stream(
         self, prompt: str, images: Sequence[bytes] = (), *, model: str | None = None, options: dict | None = None
-    ) -> AsyncIterator[tuple[str, bool]]:
-        """Yield (text chunk, done) as the model answers; the last item has done=True.
+    ) -> AsyncIterator[Chunk]:
+        """Yield the answer's chunks as the model writes them; the last has done set.
 
         Cancelling the consuming task closes the HTTP request, which stops Ollama. A consumer
         that stops early should close the iterator (`contextlib.aclosing`) to free its slot at once.
@@ -228,10 +251,10 @@ class OllamaEngine:
         async with contextlib.aclosing(self._parts(model or self.vlm_model, prompt, images, options)) as parts:
             async for part in parts:
                 if part.done:
-                    final = part.response or ""
+                    final = Chunk.of(part)
                 else:
-                    yield part.response or "", False
-        yield final or "", True  # after the slot is freed, so a consumer that stops here holds nothing
+                    yield Chunk.of(part)
+        yield final or Chunk("", True)  # after the slot is freed, so a consumer that stops here holds nothing
 
     async def generate(
         self,

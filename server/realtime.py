@@ -1,9 +1,13 @@
 """One realtime stream: frames and prompts in, streamed answers out.
 
-Plain asyncio, no gRPC: the Infer servicer feeds a `Session` what the client
-sends and forwards what `answers()` yields. While the model answers, only the
-newest batch of frames is kept and the rest are counted as dropped, so memory
-per stream is bounded and answers stay current.
+Plain asyncio, no gRPC calls: the Infer servicer feeds a `Session` what the
+client sends and forwards what `answers()` yields. While the model answers,
+or before any prompt has come, only the newest batch of frames is kept and
+the rest are counted as dropped, so memory per stream is bounded and answers
+stay current; frames kept before the first prompt are answered when it comes.
+A frame the node cannot take is refused with a notice and the stream goes on,
+as the original node did; only a client that sends nothing but bad frames
+(`max_bad_frames` in a row) has its stream ended.
 """
 
 import asyncio
@@ -18,12 +22,15 @@ from vlmnode.v1 import inference_pb2
 
 from server import metrics
 from server.coalesce import coalesced
-from server.engine import OllamaEngine
+from server.engine import Chunk, OllamaEngine
 from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, quoted, shown
+from server.grpc_errors import status_for
 from server.images import MAX_PIXELS, check_image, prepare, tile
 from server.model_info import MODEL_NAME, ModelInfo
 
 NO_PROMPT = "No prompt received for image batch"
+MAX_FRAME_ID = 200  # characters
+MAX_NOTICES = 100  # notices kept for a client that sends faster than it reads; the oldest go first
 # Said before the prompt when a batch reaches the model as one contact sheet.
 TILED = "The image shows {n} frames from a camera, in time order, left to right and top to bottom, numbered. "
 
@@ -37,6 +44,7 @@ class RealtimeLimits:
     max_num_predict: int = 8192
     idle_timeout: float = 300.0  # seconds without a message before the stream is closed
     max_failed_answers: int = 3  # answers in a row the model may fail before the stream ends
+    max_bad_frames: int = 5  # frames in a row refused (not an image, too large); the last of them ends the stream
     flush_after: float = 2.0  # seconds of quiet before queued frames are answered anyway
     image_max_side: int = 1024
     max_images: int = 0  # images the VLM takes in one request; 0: as its family is known to take
@@ -102,34 +110,61 @@ class Session:
         self.dropped = 0
         self.answers_sent = 0
         self._failures = 0  # answers in a row the model failed
+        self._bad_frames = 0  # frames in a row refused
         self._frames_seen = 0
         self._last_frame = time.monotonic()
         self._flush = False
         self._closed = False
         self._failure: Exception | None = None
-        self._notices: list[inference_pb2.Notice] = []
+        self._notices: collections.deque[inference_pb2.Notice] = collections.deque(maxlen=MAX_NOTICES)
         self._changed = asyncio.Event()
         self._model: ModelInfo | None = None
 
     # What the client sends.
 
     def add_frame(self, frame: inference_pb2.Frame) -> None:
+        """Queues the frame, or refuses it with a notice naming the status code
+        the refusal would end the stream with; the refusal that makes
+        `max_bad_frames` in a row raises instead."""
+        self._frames_seen += 1
+        metrics.FRAMES.inc()
+        frame_id = frame.id or f"frame-{self._frames_seen}"
+        try:
+            self._check(frame)
+        except (BadInput, TooLarge) as exc:
+            self._bad_frames += 1
+            if self._bad_frames >= self.limits.max_bad_frames:
+                message = f"{exc.message} ({self._bad_frames} bad frames in a row end the stream)"
+                raise type(exc)(message, code=exc.code) from None
+            code, message = status_for(exc)
+            ids = [frame_id] if len(frame_id) <= MAX_FRAME_ID else []
+            self._notify(inference_pb2.Notice(message=message, frame_ids=ids, code=code.name))
+            return
+        self._bad_frames = 0
+        if len(self.queued) >= self.settings.batch_size:
+            self.queued.popleft()  # the model is busy, or no prompt has come: keep the newest batch
+            self.dropped += 1
+            metrics.FRAMES_DROPPED.inc()
+        self.queued.append(QueuedFrame(frame_id, frame.image))
+        self._last_frame = time.monotonic()
+        if self.prompt is None and len(self.queued) >= self.settings.batch_size:
+            # What the original said for each frame from the one that filled a batch on.
+            self._notify(inference_pb2.Notice(message=NO_PROMPT, frame_ids=[f.id for f in self.queued]))
+        self._changed.set()
+
+    def _check(self, frame: inference_pb2.Frame) -> None:
+        name = shown(frame.id or self._frames_seen)
         if len(frame.image) > self.limits.max_frame_bytes:
-            raise TooLarge(f"frame of {len(frame.image)} bytes is over the limit of {self.limits.max_frame_bytes}")
-        if len(frame.id) > 200:
-            raise BadInput("frame id is longer than 200 characters")
+            raise TooLarge(f"frame {name}: {len(frame.image)} bytes, over the limit of {self.limits.max_frame_bytes}")
+        if len(frame.id) > MAX_FRAME_ID:
+            raise BadInput(f"frame id is longer than {MAX_FRAME_ID} characters")
         try:
             check_image(frame.image, max_bytes=self.limits.max_frame_bytes, max_pixels=self.limits.max_pixels)
         except BadInput as exc:
-            raise BadInput(f"frame {shown(frame.id or self._frames_seen + 1)}: {exc.message}") from None
-        self._frames_seen += 1
-        metrics.FRAMES.inc()
-        if len(self.queued) >= self.settings.batch_size:
-            self.queued.popleft()  # the model is busy: keep the newest batch
-            self.dropped += 1
-            metrics.FRAMES_DROPPED.inc()
-        self.queued.append(QueuedFrame(frame.id or f"frame-{self._frames_seen}", frame.image))
-        self._last_frame = time.monotonic()
+            raise BadInput(f"frame {name}: {exc.message}") from None
+
+    def _notify(self, notice: inference_pb2.Notice) -> None:
+        self._notices.append(notice)
         self._changed.set()
 
     def set_prompt(self, text: str) -> None:
@@ -140,6 +175,8 @@ class Session:
         self._changed.set()
 
     def flush(self) -> None:
+        if self.prompt is None and self.queued:  # nothing to answer them with: kept, and said
+            self._notify(inference_pb2.Notice(message=NO_PROMPT, frame_ids=[f.id for f in self.queued]))
         self._flush = True
         self._changed.set()
 
@@ -157,10 +194,10 @@ class Session:
     async def answers(self) -> AsyncIterator[inference_pb2.InferResponse]:
         while True:
             self._changed.clear()
+            while self._notices:  # before a failure: they came first
+                yield inference_pb2.InferResponse(notice=self._notices.popleft())
             if self._failure is not None:
                 raise self._failure
-            while self._notices:
-                yield inference_pb2.InferResponse(notice=self._notices.pop(0))
             batch = self._take_batch()
             if batch:
                 async for response in self._answer(batch):
@@ -168,20 +205,22 @@ class Session:
                 continue
             if self._notices:
                 continue
-            if self._closed:
+            if self._closed:  # frames still queued had no prompt: said when their batch filled or at a flush
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._quiet_left()):
                     await self._changed.wait()
 
     def _quiet_left(self) -> float | None:
-        if not self.queued or self.settings.flush_after is None:
+        if not self.queued or self.prompt is None or self.settings.flush_after is None:
             return None
         return max(self._last_frame + self.settings.flush_after - time.monotonic(), 0.001)
 
     def _take_batch(self) -> list[QueuedFrame] | None:
         if not self.queued:
             self._flush = False
+            return None
+        if self.prompt is None:  # kept for the prompt to come
             return None
         full = len(self.queued) >= self.settings.batch_size
         flush_after = self.settings.flush_after
@@ -191,9 +230,6 @@ class Session:
         batch = list(self.queued)
         self.queued.clear()
         self._flush = False
-        if self.prompt is None:
-            self._notices.append(inference_pb2.Notice(message=NO_PROMPT, frame_ids=[f.id for f in batch]))
-            return None
         return batch
 
     async def _answer(self, batch: list[QueuedFrame]) -> AsyncIterator[inference_pb2.InferResponse]:
@@ -228,11 +264,8 @@ class Session:
                 self.engine.stream(prompt, images, model=self.settings.model, options=self.settings.options)
             )
             async with contextlib.aclosing(stream) as chunks:
-                async for text, done in chunks:
-                    chunk = inference_pb2.AnswerChunk(
-                        answer_id=answer_id, text=text, done=done, frame_ids=frame_ids, frames_dropped=self.dropped
-                    )
-                    yield inference_pb2.InferResponse(chunk=chunk)
+                async for chunk in chunks:
+                    yield inference_pb2.InferResponse(chunk=self._answer_chunk(answer_id, frame_ids, chunk))
         except PeerUnavailable as exc:
             # One failed answer is a blip the stream survives; a model that
             # keeps failing ends it with the reason.
@@ -243,6 +276,27 @@ class Session:
             yield inference_pb2.InferResponse(notice=inference_pb2.Notice(message=note, frame_ids=frame_ids))
             return
         self._failures = 0
+
+    def _answer_chunk(self, answer_id: int, frame_ids: list[str], chunk: Chunk) -> inference_pb2.AnswerChunk:
+        answer = inference_pb2.AnswerChunk(
+            answer_id=answer_id,
+            text=chunk.text,
+            done=chunk.done,
+            frame_ids=frame_ids,
+            frames_dropped=self.dropped,
+            model=chunk.model or self.settings.model,
+            done_reason=chunk.done_reason,
+        )
+        try:
+            answer.created_at.FromJsonString(chunk.created_at)
+        except ValueError:  # none that reads as a time: when it reached the node
+            answer.created_at.GetCurrentTime()
+        for name, value in chunk.metrics.items():  # the engine's METRICS, named as in AnswerMetrics
+            if name.endswith("_duration"):
+                getattr(answer.metrics, name).FromNanoseconds(value)
+            else:
+                setattr(answer.metrics, name, value)
+        return answer
 
     async def _fit(self, images: list[bytes], frame_ids: list[str], prompt: str) -> tuple[list[bytes], list[str], str]:
         """The batch as the model can take it: as it is, or, for a model that sees

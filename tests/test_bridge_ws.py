@@ -1,22 +1,31 @@
 """The WebSocket `/api/v1/ws` of the original node, through the bridge and
-the Infer RPC, driven by real clients: the `websockets` library, and the
-original README's JavaScript client under Node."""
+the Infer RPC, driven by real clients: the `websockets` library written as
+the original's callers were, and the original README's JavaScript client
+under Node."""
 
 import asyncio
 import dataclasses
 import json
 import os
 import shutil
+from datetime import datetime
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from server.grpc_server import NodeServer
+from server.realtime import RealtimeLimits
 from tests.conftest import running_bridge, wait_for
 from tests.images import solid_jpeg
+from tests.test_typescript_client import PACKAGE, run
 
 NO_PROMPT = "No prompt received for image batch"
+MAX_BAD_FRAMES = RealtimeLimits().max_bad_frames
+# Ollama's /api/generate stream objects, in its order (api/types.go GenerateResponse, Metrics), then ours.
+OLLAMA_FIELDS = ["model", "created_at", "response", "done"]
+LAST_FIELDS = ["done_reason", "total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
+               "eval_count", "eval_duration", "frames", "frames_dropped"]
 
 
 @pytest.fixture
@@ -33,40 +42,128 @@ async def ws_url(settings):
     await node.stop(grace=0.5)
 
 
+def ollama_object(message) -> dict:
+    """A binary answer read as the original's Rust callers read it (serde:
+    model, created_at, response and done required, with their types), its
+    fields in Ollama's order and no others."""
+    assert isinstance(message, bytes), f"an answer in a text message: {message!r}"
+    body = json.loads(message)
+    assert isinstance(body["model"], str) and isinstance(body["response"], str) and isinstance(body["done"], bool)
+    datetime.fromisoformat(body["created_at"])  # RFC 3339
+    names = OLLAMA_FIELDS + (LAST_FIELDS if body["done"] else [])
+    assert list(body) == [name for name in names if name in body], body
+    assert set(OLLAMA_FIELDS) <= set(body) and (not body["done"] or {"frames", "frames_dropped"} <= set(body)), body
+    return body
+
+
 async def answer(ws) -> tuple[str, dict]:
-    """Reads JSON messages until one is done; returns the text and the last."""
+    """Reads binary answers until one is done (a text message here fails);
+    returns the text and the last."""
     text = ""
     while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert set(message) >= {"response", "done"}, message
+        message = ollama_object(await asyncio.wait_for(ws.recv(), 10))
         text += message["response"]
         if message["done"]:
             return text, message
 
 
-async def test_prompt_then_a_batch_of_images(ws_url, fake_ollama):
+async def text(ws) -> str:
+    message = await asyncio.wait_for(ws.recv(), 10)
+    assert isinstance(message, str), message
+    return message
+
+
+async def closed_with(ws) -> tuple[int, list]:
+    """What comes until the close, and the close code."""
+    received = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            received.append(await asyncio.wait_for(ws.recv(), 10))
+    return closed.value.rcvd.code, received
+
+
+async def test_answers_are_binary_ollama_objects(ws_url, fake_ollama):
+    fake_ollama.token_delay = 0.01  # a token at a time, so the answer comes in several messages
     async with websockets.connect(ws_url) as ws:
         await ws.send("What colour is it?")
         await ws.send(solid_jpeg("red"))
         await ws.send(solid_jpeg("blue"))
-        text, last = await answer(ws)
-        assert text == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
-        assert last["frames"] == ["1", "2"] and last["frames_dropped"] == 0
+        messages = [ollama_object(await ws.recv())]
+        while not messages[-1]["done"]:
+            messages.append(ollama_object(await ws.recv()))
         assert await ws.ping()  # answers pings
+    assert len(messages) > 2 and all(list(m) == OLLAMA_FIELDS for m in messages[:-1])
+    assert {m["model"] for m in messages} == {"gemma3:4b"}
+    text = "".join(m["response"] for m in messages)
+    assert text == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
+    last = messages[-1]
+    assert last["done_reason"] == "stop" and last["eval_count"] == len(text.split())
+    assert last["prompt_eval_count"] > 0 and last["total_duration"] >= last["eval_duration"] > 0
+    assert last["frames"] == ["1", "2"] and last["frames_dropped"] == 0
     [request] = [r for r in fake_ollama.requests if r["images"]]
     assert request["prompt"] == "What colour is it?" and request["images"] == 2
 
 
-async def test_images_before_a_prompt(ws_url):
-    async with websockets.connect(ws_url) as ws:
+async def test_format_text_sends_text_messages(ws_url):
+    async with websockets.connect(ws_url + "?format=text") as ws:
+        await ws.send("What colour is it?")
         await ws.send(solid_jpeg("red"))
         await ws.send(solid_jpeg("blue"))
-        assert await asyncio.wait_for(ws.recv(), 10) == NO_PROMPT
-        await ws.send("And these?")
+        messages = [json.loads(await text(ws))]
+        while not messages[-1]["done"]:
+            messages.append(json.loads(await text(ws)))
+    assert all(list(m) == ["response", "done"] for m in messages[:-1])
+    assert list(messages[-1]) == ["response", "done", "frames", "frames_dropped"]
+    assert "".join(m["response"] for m in messages) == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
+    assert messages[-1]["frames"] == ["1", "2"] and messages[-1]["frames_dropped"] == 0
+
+
+async def test_a_caller_as_the_original_had_them(ws_url):
+    """Frames first, then the prompt; binary JSON objects read until one is done."""
+    async with websockets.connect(ws_url) as ws:
         await ws.send(solid_jpeg("green"))
+        await ws.send("What colour is it?")
+        text, last = await answer(ws)
+    assert text == "a 64x48 image, mostly green" and last["frames"] == ["1"]
+
+
+async def test_a_client_that_reads_only_binary_messages(ws_url):
+    """Notices are text: a client that skips text still gets every answer whole."""
+    answers = []
+    async with websockets.connect(ws_url) as ws:
+        for colour in ("red", "green", "blue"):
+            await ws.send(solid_jpeg(colour))  # before any prompt: notices
+        await ws.send(b"not an image")  # refused: an error in text
+        await ws.send("What colour is it?")
+        reply = ""
+        while len(answers) < 1:
+            message = await asyncio.wait_for(ws.recv(), 10)
+            if isinstance(message, str):
+                continue
+            body = json.loads(message)
+            reply += body["response"]
+            if body["done"]:
+                answers.append((reply, body["frames"]))
+    assert answers == [("a 64x48 image, mostly green; a 64x48 image, mostly blue", ["2", "3"])]
+
+
+async def test_frames_before_a_prompt_are_answered_when_it_comes(ws_url, fake_ollama):
+    async with websockets.connect(ws_url) as ws:
+        await ws.send(solid_jpeg("red"))
+        await ws.send(solid_jpeg("green"))
+        assert await text(ws) == NO_PROMPT  # the batch of 2 is full
+        await ws.send(solid_jpeg("blue"))  # past it: the oldest goes, the newest batch is kept
+        assert await text(ws) == NO_PROMPT
+        await ws.send("And these?")
+        text_, last = await answer(ws)
+        assert text_ == "a 64x48 image, mostly green; a 64x48 image, mostly blue"
+        assert last["frames"] == ["2", "3"] and last["frames_dropped"] == 1
+        # The prompt holds for what follows.
         await ws.send(solid_jpeg("white"))
-        text, _ = await answer(ws)
-        assert "green" in text and "white" in text
+        await ws.send(solid_jpeg("yellow"))
+        text_, last = await answer(ws)
+        assert "white" in text_ and "yellow" in text_ and last["frames"] == ["4", "5"]
+    assert [r["prompt"] for r in fake_ollama.requests if r["images"]] == ["And these?", "And these?"]
 
 
 async def test_a_new_prompt_flushes_queued_images(ws_url):
@@ -96,49 +193,60 @@ async def test_num_predict_limits_the_answer(ws_url, fake_ollama):
         await ws.send("Describe")
         await ws.send(solid_jpeg("red"))
         await ws.send(solid_jpeg("red"))
-        text, _ = await answer(ws)
-        assert len(text.split()) == 3
+        text, last = await answer(ws)
+        assert len(text.split()) == 3 and last["done_reason"] == "length" and last["eval_count"] == 3
     [request] = [r for r in fake_ollama.requests if r["images"]]
     assert request["options"]["num_predict"] == 3
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "99999999"])
-async def test_bad_num_predict_is_refused(ws_url, value):
-    async with websockets.connect(f"{ws_url}?num_predict={value}") as ws:
-        message = json.loads(await ws.recv())
-        assert "num_predict must be an integer" in message["error"]
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd.code == 1008
+@pytest.mark.parametrize(("query", "error"), [
+    ("num_predict=abc", "num_predict must be an integer between 0 and 8192, got 'abc'"),
+    ("num_predict=-1", "num_predict must be an integer between 0 and 8192, got '-1'"),
+    ("num_predict=99999999", "num_predict must be an integer between 0 and 8192, got '99999999'"),
+    ("format=xml", "format must be binary or text, got 'xml'"),
+    ("format=", "format must be binary or text, got ''"),
+])
+async def test_bad_query_parameters_are_refused(ws_url, query, error):
+    async with websockets.connect(f"{ws_url}?{query}") as ws:
+        code, received = await closed_with(ws)
+    assert code == 1008 and received == [json.dumps({"error": error, "done": True})]
 
 
-async def test_a_non_image_is_refused_clearly(ws_url, fake_ollama):
+async def test_a_bad_frame_is_refused_and_the_stream_goes_on(ws_url, fake_ollama):
     async with websockets.connect(ws_url) as ws:
         await ws.send("Describe")
         await ws.send(b"definitely not a jpeg")
-        message = json.loads(await ws.recv())
-        assert message["error"] == "frame 1: not an image"
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd.code == 1008 and "not an image" in closed.value.rcvd.reason
-    assert fake_ollama.requests == []
+        assert json.loads(await text(ws)) == {"error": "frame 1: not an image", "done": False}
+        await ws.send(b"\xff\xd8\xff" + bytes(250_000))  # over the frame limit, within a WebSocket message
+        assert json.loads(await text(ws)) == {
+            "error": "frame 2: 250003 bytes, over the limit of 200000", "done": False
+        }
+        await ws.send(solid_jpeg("red"))
+        await ws.send(solid_jpeg("blue"))
+        text_, last = await answer(ws)
+        assert text_ == "a 64x48 image, mostly red; a 64x48 image, mostly blue" and last["frames"] == ["3", "4"]
+    [request] = [r for r in fake_ollama.requests if r["images"]]
+    assert request["images"] == 2
 
 
-async def test_oversized_images_are_refused(ws_url):
-    # Over the frame limit but within a WebSocket message: the node says so.
+async def test_a_client_that_keeps_sending_bad_frames_is_closed(ws_url, fake_ollama):
     async with websockets.connect(ws_url) as ws:
-        await ws.send(b"\xff\xd8\xff" + bytes(250_000))
-        message = json.loads(await ws.recv())
-        assert "over the limit of 200000" in message["error"]
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd.code == 1009
-    # Over the WebSocket message limit: the bridge closes before reading it all.
-    async with websockets.connect(ws_url, max_size=None) as ws:
-        await ws.send(bytes(2_000_000))
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd.code == 1009
+        await ws.send("Describe")
+        # A good frame between them starts the count again.
+        for n in range(1, MAX_BAD_FRAMES):
+            await ws.send(b"junk")
+        await ws.send(solid_jpeg("red"))
+        for n in range(MAX_BAD_FRAMES):
+            await ws.send(b"junk")
+        code, received = await closed_with(ws)
+    refused = [json.loads(m) for m in received if isinstance(m, str)]
+    last = MAX_BAD_FRAMES * 2
+    assert refused == [{"error": f"frame {n}: not an image", "done": False}
+                       for n in [*range(1, MAX_BAD_FRAMES), *range(MAX_BAD_FRAMES + 1, last)]] + [
+        {"error": f"frame {last}: not an image ({MAX_BAD_FRAMES} bad frames in a row end the stream)", "done": True}
+    ]
+    assert code == 1008
+    assert not [r for r in fake_ollama.requests if r["images"]]  # the red frame waited for its batch
 
 
 async def test_a_client_leaving_cancels_the_model_request(ws_url, fake_ollama):
@@ -147,7 +255,7 @@ async def test_a_client_leaving_cancels_the_model_request(ws_url, fake_ollama):
         await ws.send("Describe")
         await ws.send(solid_jpeg("red"))
         await ws.send(solid_jpeg("red"))
-        first = json.loads(await ws.recv())
+        first = ollama_object(await ws.recv())
         assert first["done"] is False
     await wait_for(lambda: fake_ollama.cancelled, timeout=2)
     assert fake_ollama.cancelled == 1
@@ -161,33 +269,44 @@ async def test_ollama_down_is_said_before_closing(ws_url, fake_ollama):
             await ws.send(solid_jpeg("red"))
             await ws.send(solid_jpeg("red"))
             if batch < 2:
-                assert (await ws.recv()).startswith("no answer for these frames: Ollama is not reachable")
-        message = json.loads(await ws.recv())
-        assert "Ollama is not reachable" in message["error"]
-        with pytest.raises(ConnectionClosed) as closed:
-            await ws.recv()
-    assert closed.value.rcvd.code == 1013
+                assert (await text(ws)).startswith("no answer for these frames: Ollama is not reachable")
+        code, received = await closed_with(ws)
+    [message] = received
+    assert "Ollama is not reachable" in json.loads(message)["error"] and code == 1013
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
-async def test_the_original_javascript_client(ws_url, tmp_path):
+@pytest.mark.parametrize("query", ["", "?format=text"])
+async def test_the_original_javascript_client(ws_url, tmp_path, query):
+    """The README's client, unchanged, reads binary answers (as Blobs) and text ones."""
+    if not (PACKAGE / "node_modules" / "typescript").exists():
+        await run("npm", "ci", "--no-audit", "--no-fund", timeout=300)
     photos = []
     for colour in ("red", "green"):
         path = tmp_path / f"{colour}.jpg"
         path.write_bytes(solid_jpeg(colour))
         photos.append(str(path))
     process = await asyncio.create_subprocess_exec(
-        shutil.which("node"), "--experimental-websocket", "--no-warnings", "tests/js/seed_client.mjs", *photos,
-        env={**os.environ, "COMPUTE_NODE_URL": ws_url},
+        shutil.which("node"), "--experimental-websocket", "--no-warnings", "tests/js/run_seed_client.mjs", *photos,
+        env={**os.environ, "COMPUTE_NODE_URL": ws_url + query},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    except TimeoutError:
+        process.kill()
+        stdout, stderr = await process.communicate()
     out = stdout.decode()
     assert process.returncode == 0, out + stderr.decode()
-    assert "WebSocket connected" in out
-    assert "Compute Node response done: a 64x48 image, mostly red; a 64x48 image, mostly green" in out
-    assert "not in expected format" not in out
+    assert out.splitlines() == [
+        f"WebSocket URL:  {ws_url + query}",
+        "WebSocket connected",
+        f"[STREAMING] Sending photo to Compute Node {photos[0]}",
+        f"[STREAMING] Sending photo to Compute Node {photos[1]}",
+        "Compute Node response done: a 64x48 image, mostly red; a 64x48 image, mostly green",
+    ], out + stderr.decode()
+    assert not stderr, stderr.decode()  # no message it could not read
 
 
 async def test_the_server_pings(settings):

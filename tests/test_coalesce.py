@@ -3,10 +3,12 @@ a reader that keeps up, the backlog as one chunk to one that does not."""
 
 import asyncio
 import contextlib
+import dataclasses
 
 import pytest
 
 from server.coalesce import coalesced
+from server.engine import Chunk
 
 
 class Source:
@@ -33,11 +35,11 @@ class Source:
 async def test_a_reader_that_keeps_up_gets_each_chunk():
     source = Source()
     async with contextlib.aclosing(coalesced(source.chunks())) as chunks:
-        for item in [("a", False), (" red", False), (" image", False)]:
+        for item in [Chunk("a", False), Chunk(" red", False), Chunk(" image", False)]:
             source.feed(item)
             assert await anext(chunks) == item
-        source.feed(("", True), None)
-        assert await anext(chunks) == ("", True)
+        source.feed(Chunk("", True), None)
+        assert await anext(chunks) == Chunk("", True)
         with pytest.raises(StopAsyncIteration):
             await anext(chunks)
     assert source.closed
@@ -46,22 +48,24 @@ async def test_a_reader_that_keeps_up_gets_each_chunk():
 async def test_a_reader_that_falls_behind_gets_the_backlog_at_once():
     source = Source()
     async with contextlib.aclosing(coalesced(source.chunks())) as chunks:
-        source.feed(("a", False))
-        assert await anext(chunks) == ("a", False)
-        source.feed((" red", False), (" image", False))
+        source.feed(Chunk("a", False))
+        assert await anext(chunks) == Chunk("a", False)
+        source.feed(Chunk(" red", False), Chunk(" image", False))
         await asyncio.sleep(0.01)  # the reader is busy sending "a"
-        assert await anext(chunks) == (" red image", False)
-        source.feed((",", False), (" mostly", False), ("", True), None)
+        assert await anext(chunks) == Chunk(" red image", False)
+        last = Chunk("", True, created_at="2026-12-02T10:00:01Z", done_reason="stop", metrics={"eval_count": 5})
+        source.feed(Chunk(",", False, created_at="2026-12-02T10:00:00Z"), Chunk(" mostly", False), last, None)
         await asyncio.sleep(0.01)
-        assert [c async for c in chunks] == [(", mostly", True)]
+        # The last chunk's time, reason and counts, with all the text.
+        assert [c async for c in chunks] == [dataclasses.replace(last, text=", mostly")]
 
 
 async def test_an_error_comes_after_the_text_before_it():
     source = Source()
-    source.feed(("a", False), (" red", False), ConnectionError("Ollama went away"))
+    source.feed(Chunk("a", False), Chunk(" red", False), ConnectionError("Ollama went away"))
     chunks = coalesced(source.chunks())
     await asyncio.sleep(0.01)
-    assert await anext(chunks) == ("a red", False)
+    assert await anext(chunks) == Chunk("a red", False)
     with pytest.raises(ConnectionError, match="went away"):
         await anext(chunks)
     assert source.closed
@@ -70,8 +74,8 @@ async def test_an_error_comes_after_the_text_before_it():
 async def test_closing_early_closes_the_source_at_once():
     source = Source()
     chunks = coalesced(source.chunks())
-    source.feed(("a", False))
-    assert await anext(chunks) == ("a", False)
+    source.feed(Chunk("a", False))
+    assert await anext(chunks) == Chunk("a", False)
     await chunks.aclose()  # the client went away mid-answer
     assert source.closed
 
@@ -84,7 +88,7 @@ async def test_cancelling_the_reader_closes_the_source():
             pass
 
     reader = asyncio.create_task(read())
-    source.feed(("a", False))
+    source.feed(Chunk("a", False))
     await asyncio.sleep(0.01)
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -9,7 +9,7 @@ import ollama
 import pytest
 
 from server import metrics
-from server.engine import OllamaEngine
+from server.engine import METRICS, OllamaEngine
 from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.retry import RetryStrategy
 from tests.conftest import wait_for
@@ -80,14 +80,19 @@ async def test_every_request_streams_and_asks_for_a_fixed_context(engine, fake):
 async def test_stream_yields_chunks_then_done(engine, fake):
     chunks = [c async for c in engine.stream("describe", [solid_jpeg("yellow")])]
     assert len(chunks) > 2
-    assert [done for _, done in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert "".join(text for text, _ in chunks) == "a 64x48 image, mostly yellow"
+    assert [c.done for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert "".join(c.text for c in chunks) == "a 64x48 image, mostly yellow"
+    # Each with Ollama's model and time; the last with why it stopped and Ollama's counts.
+    assert {c.model for c in chunks} == {VLM} and all(c.created_at.endswith("Z") for c in chunks)
+    assert chunks[-1].done_reason == "stop" and chunks[-1].metrics["eval_count"] == 5
+    assert set(chunks[-1].metrics) <= set(METRICS) and chunks[-1].metrics["total_duration"] > 0
+    assert not any(c.done_reason or c.metrics for c in chunks[:-1])
 
 
 async def test_num_predict_and_temperature_are_passed(engine, fake):
     options = {"num_predict": 3, "temperature": 0.2}
     chunks = [c async for c in engine.stream("describe", [solid_jpeg("red")], options=options)]
-    assert "".join(text for text, _ in chunks) == "a 64x48 image,"
+    assert "".join(c.text for c in chunks) == "a 64x48 image,"
     assert fake.requests[-1]["options"] == {**options, "num_ctx": 2048}
     answer = await engine.generate("x", [solid_jpeg("red")], options={"num_predict": 2})
     assert (answer.text, answer.done_reason) == ("a 64x48", "length")
@@ -218,7 +223,7 @@ async def test_a_model_that_sees_several_images_is_known(fake):
     with FakeOllama(["gemma3:4b", LLM]) as fake:
         async with OllamaEngine(fake.url, vlm_model="gemma3:4b", llm_model=LLM) as engine:
             assert (await engine.describe("gemma3:4b")).several_images
-            text = "".join([t async for t, _ in engine.stream("x", [solid_jpeg("red"), solid_jpeg("blue")])])
+            text = "".join([c.text async for c in engine.stream("x", [solid_jpeg("red"), solid_jpeg("blue")])])
     assert text == "a 64x48 image, mostly red; a 64x48 image, mostly blue"
 
 
@@ -230,8 +235,8 @@ async def test_an_error_inside_a_stream_is_transient(engine, fake):
     assert failed.value.message.startswith(f"Ollama at {fake.url} failed mid-answer: ")
     chunks = []
     with pytest.raises(PeerUnavailable, match="failed mid-answer"):
-        async for text, _ in engine.stream("x", [solid_jpeg("red")]):
-            chunks.append(text)
+        async for chunk in engine.stream("x", [solid_jpeg("red")]):
+            chunks.append(chunk.text)
     assert chunks  # the answer had started: HTTP 200, then the error line
 
 
@@ -336,7 +341,7 @@ async def test_cancelling_the_consumer_stops_the_request():
             await wait_for(lambda: fake.cancelled == 1, timeout=2)
             assert fake.in_flight == 0
             # Its slot is free again: the next request does not wait.
-            assert [c async for c in engine.stream("x", [solid_jpeg("red")], options={"num_predict": 1})][-1][1]
+            assert [c async for c in engine.stream("x", [solid_jpeg("red")], options={"num_predict": 1})][-1].done
 
 
 async def test_an_answer_cut_short_is_unavailable(engine, fake):

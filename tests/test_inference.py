@@ -6,14 +6,16 @@ import dataclasses
 
 import grpc
 import pytest
+from google.protobuf import text_format
 from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 from server.grpc_server import NodeServer
-from server.realtime import TILED
+from server.realtime import NO_PROMPT, TILED, RealtimeLimits
 from tests.conftest import wait_for
 from tests.images import solid_jpeg
 
 pb = inference_pb2
+MAX_BAD_FRAMES = RealtimeLimits().max_bad_frames
 
 
 @pytest.fixture
@@ -159,21 +161,97 @@ async def test_a_new_prompt_flushes_queued_frames(infer_node, fake_ollama):
     call.cancel()
 
 
-async def test_frames_before_any_prompt_get_a_notice(infer_node):
+async def test_frames_before_any_prompt_are_answered_when_it_comes(infer_node, fake_ollama):
     stub = await infer_node()
     call = stub.Infer()
     await call.write(config(batch_size=2))
     await call.write(frame("red"))
-    await call.write(frame("blue"))
-    response = await call.read()
-    assert response.notice.message == "No prompt received for image batch"
-    assert list(response.notice.frame_ids) == ["red", "blue"]
-    await call.write(prompt("What colour?"))
     await call.write(frame("green"))
+    # The batch is full: said, as the original said it, for each frame from here on.
+    assert (await call.read()).notice == pb.Notice(message=NO_PROMPT, frame_ids=["red", "green"])
+    await call.write(frame("blue"))  # the newest batch is kept
+    assert (await call.read()).notice == pb.Notice(message=NO_PROMPT, frame_ids=["green", "blue"])
+    await call.write(prompt("What colour?"))
+    text, last = await read_answer(call)
+    assert list(last.frame_ids) == ["green", "blue"] and last.frames_dropped == 1
+    assert text == "a 128x48 image, mostly green"  # one contact sheet: moondream answers about its last tile
     await call.write(frame("white"))
+    await call.write(frame("yellow"))
     _, last = await read_answer(call)
-    assert list(last.frame_ids) == ["green", "white"]
+    assert list(last.frame_ids) == ["white", "yellow"]
+    assert [r["prompt"] for r in fake_ollama.requests if r["images"]] == [TILED.format(n=2) + "What colour?"] * 2
     call.cancel()
+
+
+async def test_a_flush_without_a_prompt_is_said_and_keeps_the_frames(infer_node, fake_ollama):
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(batch_size=3, flush_after_seconds=0.01))
+    await call.write(frame("yellow"))
+    await call.write(pb.InferRequest(flush=pb.Flush()))  # nothing to answer it with: said, and kept
+    assert (await call.read()).notice == pb.Notice(message=NO_PROMPT, frame_ids=["yellow"])
+    await call.write(prompt("What colour?"))
+    _, last = await read_answer(call)
+    assert list(last.frame_ids) == ["yellow"]
+    await call.write(prompt(""))  # no prompt again
+    await call.write(frame("white"))
+    await call.done_writing()  # the stream ends without an answer for it
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+    assert len([r for r in fake_ollama.requests if r["images"]]) == 1
+
+
+async def test_a_bad_frame_is_a_notice_and_the_stream_goes_on(infer_node, fake_ollama):
+    stub = await infer_node(realtime_max_frame_bytes=100_000)
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1))
+    refused = [
+        (pb.Frame(id="x", image=b"hello"), pb.Notice(message="frame x: not an image", frame_ids=["x"])),
+        (pb.Frame(id="e"), pb.Notice(message="frame e: empty image", frame_ids=["e"])),
+        (pb.Frame(id="big", image=b"\xff\xd8\xff" + bytes(120_000)),
+         pb.Notice(message="frame big: 120003 bytes, over the limit of 100000", frame_ids=["big"],
+                   code="RESOURCE_EXHAUSTED")),
+        (pb.Frame(id="i" * 201, image=solid_jpeg("red")), pb.Notice(message="frame id is longer than 200 characters")),
+    ]
+    for bad, notice in refused:
+        await call.write(pb.InferRequest(frame=bad))
+        notice.code = notice.code or "INVALID_ARGUMENT"
+        assert (await call.read()).notice == notice
+    await call.write(frame("red"))
+    text, last = await read_answer(call)
+    assert text == "a 64x48 image, mostly red" and list(last.frame_ids) == ["red"] and last.frames_dropped == 0
+    await call.write(pb.InferRequest(frame=pb.Frame(image=b"junk")))  # no id: named by its place in the stream
+    assert (await call.read()).notice == pb.Notice(
+        message="frame 6: not an image", frame_ids=["frame-6"], code="INVALID_ARGUMENT"
+    )
+    await call.write(pb.InferRequest(frame=pb.Frame(image=solid_jpeg("blue"))))
+    text, last = await read_answer(call)
+    assert text == "a 64x48 image, mostly blue" and list(last.frame_ids) == ["frame-7"]
+    assert len([r for r in fake_ollama.requests if r["images"]]) == 2
+    call.cancel()
+
+
+async def test_bad_frames_in_a_row_end_the_stream(infer_node, fake_ollama):
+    stub = await infer_node(realtime_max_frame_bytes=100_000)
+    bad = pb.InferRequest(frame=pb.Frame(id="x", image=b"hello"))
+    big = pb.InferRequest(frame=pb.Frame(id="big", image=b"\xff\xd8\xff" + bytes(120_000)))
+    for last, code in ((bad, grpc.StatusCode.INVALID_ARGUMENT), (big, grpc.StatusCode.RESOURCE_EXHAUSTED)):
+        call = stub.Infer()
+        await call.write(config(prompt="What colour?", batch_size=1))
+        # A good frame between them starts the count again.
+        for request in [bad] * (MAX_BAD_FRAMES - 1) + [frame("red")] + [bad] * (MAX_BAD_FRAMES - 1) + [last]:
+            await call.write(request)
+        await call.done_writing()
+        responses = []
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                responses.append(response)
+        assert ended.value.code() == code
+        message = f"{'frame x: not an image' if last is bad else 'frame big: 120003 bytes, over the limit of 100000'}"
+        assert ended.value.details() == f"{message} ({MAX_BAD_FRAMES} bad frames in a row end the stream)"
+        notices = [r.notice for r in responses if r.WhichOneof("message") == "notice"]
+        assert [n.code for n in notices] == ["INVALID_ARGUMENT"] * (2 * MAX_BAD_FRAMES - 2)
+        assert responses[-1].error == pb.StreamError(code=code.name, message=ended.value.details())
 
 
 async def test_quiet_spell_flushes_a_partial_batch(infer_node):
@@ -245,11 +323,12 @@ async def test_limits_and_bad_input(infer_node):
         ([config(temperature=9)], grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
         ([config(prompt="x" * 9000)], grpc.StatusCode.INVALID_ARGUMENT, "prompt is longer"),
         ([config(), config()], grpc.StatusCode.INVALID_ARGUMENT, "one config"),
-        ([config(), pb.InferRequest(frame=pb.Frame(id="x", image=b"hello"))], grpc.StatusCode.INVALID_ARGUMENT,
-         "frame x: not an image"),
-        ([config(), pb.InferRequest(frame=pb.Frame(id="e"))], grpc.StatusCode.INVALID_ARGUMENT, "empty image"),
-        ([config(), big], grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit of 100000"),
-        ([config(), huge], grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+        ([config(), *[pb.InferRequest(frame=pb.Frame(id="x", image=b"hello"))] * MAX_BAD_FRAMES],
+         grpc.StatusCode.INVALID_ARGUMENT, "frame x: not an image (5 bad frames in a row end the stream)"),
+        ([config(), *[pb.InferRequest(frame=pb.Frame(id="e"))] * MAX_BAD_FRAMES], grpc.StatusCode.INVALID_ARGUMENT,
+         "empty image"),
+        ([config(), *[big] * MAX_BAD_FRAMES], grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit of 100000"),
+        ([config(), huge], grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),  # gRPC's own message limit
         ([config(), prompt("y" * 9000)], grpc.StatusCode.INVALID_ARGUMENT, "prompt is longer"),
     ]
     for messages, code, match in cases:
@@ -294,3 +373,70 @@ async def test_a_failed_answer_is_a_notice_and_the_stream_goes_on(infer_node, fa
     text, last = await read_answer(call)
     assert text == "a 64x48 image, mostly blue" and list(last.frame_ids) == ["blue"]
     call.cancel()
+
+
+async def test_chunks_carry_what_ollama_said_of_them(infer_node, fake_ollama):
+    fake_ollama.token_delay = 0.01  # a token at a time
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colour?", batch_size=1, num_predict=3))
+    await call.write(frame("green"))
+    chunks = []
+    while not chunks or not chunks[-1].done:
+        chunks.append((await call.read()).chunk)
+    call.cancel()
+    assert len(chunks) > 2 and {c.model for c in chunks} == {"moondream:1.8b"}
+    times = [c.created_at.ToDatetime() for c in chunks]
+    assert times == sorted(times) and times[0].year > 2000
+    last = chunks[-1]
+    assert last.done_reason == "length" and last.metrics.eval_count == 3 and last.metrics.prompt_eval_count > 0
+    assert last.metrics.total_duration.ToNanoseconds() >= last.metrics.eval_duration.ToNanoseconds() > 0
+    assert not any(c.done_reason or c.HasField("metrics") for c in chunks[:-1])
+
+
+def schema_before_ollama_fields():
+    """InferResponse as a client generated before AnswerChunk had model,
+    created_at, done_reason and metrics, and Notice its code."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+
+    file = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(file)
+    last_field = {"AnswerChunk": 5, "Notice": 2}
+    messages = [m for m in file.message_type if m.name != "AnswerMetrics"]
+    for message in messages:
+        fields = [f for f in message.field if f.number <= last_field.get(message.name, 99)]
+        del message.field[:]
+        message.field.extend(fields)
+    del file.message_type[:]
+    file.message_type.extend(messages)
+    file.dependency.remove("google/protobuf/duration.proto")
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
+    pool.AddSerializedFile(file.SerializeToString())
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("vlmnode.v1.InferResponse"))
+
+
+async def test_an_old_client_sees_a_good_stream_as_before(infer_node):
+    old_response = schema_before_ollama_fields()
+    stub = await infer_node()
+    call = stub.Infer()
+    await call.write(config(prompt="What colours?", batch_size=2))
+    for colour in ("red", "blue", "green", "white"):
+        await call.write(frame(colour))
+    await call.done_writing()
+    responses = []
+    while (response := await call.read()) is not grpc.aio.EOF:
+        responses.append(response)
+    assert await call.code() == grpc.StatusCode.OK
+    assert {r.WhichOneof("message") for r in responses} == {"chunk"}  # answers only, as before
+    for response in responses:
+        as_before = pb.InferResponse()
+        as_before.CopyFrom(response)
+        for added in ("model", "created_at", "done_reason", "metrics"):
+            as_before.chunk.ClearField(added)
+        old = old_response.FromString(response.SerializeToString())
+        assert text_format.MessageToString(old) == text_format.MessageToString(as_before)
+    done = [r.chunk for r in responses if r.chunk.done]
+    assert [(c.answer_id, list(c.frame_ids), c.frames_dropped) for c in done] == [
+        (1, ["red", "blue"], 0), (2, ["green", "white"], 0)
+    ]

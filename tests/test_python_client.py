@@ -216,8 +216,12 @@ async def test_infer_without_a_prompt_gets_a_notice(client):
 async def test_infer_bad_input(client, tmp_path):
     with pytest.raises(InvalidArgumentError, match="batch_size must be between 1 and 16"):
         await answers(client.infer([solid_jpeg("red")], "hi", batch_size=99))
-    with pytest.raises(InvalidArgumentError, match="frame 1: not an image"):
-        await answers(client.infer([b"hello"], "hi", batch_size=1))
+    # A bad frame is a notice and the stream goes on; the fifth in a row ends it.
+    items = [item async for item in client.infer([b"hello", solid_jpeg("red")], "hi", batch_size=1)]
+    assert items[0] == Notice("frame 1: not an image", ["1"]) and items[-1].done and items[-1].frame_ids == ["2"]
+    with pytest.raises(InvalidArgumentError, match=r"^frame 5: not an image \(5 bad frames in a row end the stream\)$"):
+        async for _ in client.infer([b"hello"] * 5, "hi", batch_size=1):  # four notices, then the end
+            pass
     with pytest.raises(InvalidArgumentError, match="cannot read the frame .*missing.jpg"):
         await answers(client.infer([tmp_path / "missing.jpg"], "hi", batch_size=1))
     with pytest.raises(InvalidArgumentError, match="frame 1 is a int"):

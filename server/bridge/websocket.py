@@ -2,10 +2,21 @@
 RPC.
 
 Binary message: one image. Text message: the prompt. Answers come back as
-JSON `{"response": "...", "done": bool}` as the model streams them (the last
-one also names the frames answered and how many were dropped while the model
-was busy); images sent before any prompt get the text message "No prompt
-received for image batch". `?num_predict=N` limits the answer length.
+the original sent them: binary messages, each one JSON object as Ollama
+streams it (`model`, `created_at`, `response`, `done`; on the last also
+`done_reason` and Ollama's counts), the last with ours beside: `frames`, the
+frames answered, and `frames_dropped`, those dropped so far while the model
+was busy or no prompt had come. `?format=text` sends text messages
+`{"response": "...", "done": bool}` instead (`frames` and `frames_dropped`
+on the last), as this bridge did before. Images sent before any prompt wait
+for it (the newest batch of them: server/realtime.py); each from the one
+that fills a batch on gets the text message "No prompt received for image
+batch". Notices are such plain text; a refused image (not an image, too
+large) gets `{"error": "...", "done": false}` and the stream goes on, while
+an error that ends the stream (RealtimeLimits.max_bad_frames bad images in
+a row, a prompt too long, the model unavailable) gets
+`{"error": "...", "done": true}` and the close (CLOSE_CODES).
+`?num_predict=N` limits the answer length.
 Keep-alive pings (every WS_PING_INTERVAL, 10 s) are uvicorn's (server/bridge/main.py).
 The only subprotocol the bridge ever picks is `vlmnode` (the token a browser
 offers as `bearer.<token>` is read and removed by server/bridge/auth.py, never
@@ -25,11 +36,13 @@ from vlmnode.v1 import inference_pb2 as pb
 
 from server import metrics
 from server.bridge.auth import caller_metadata
+from server.errors import quoted
 
 log = logging.getLogger(__name__)
 
 MAX_NUM_PREDICT = 8192
 SUBPROTOCOL = "vlmnode"
+FORMATS = ("binary", "text")  # ?format=: how answers are sent; the first is the default
 # gRPC codes as WebSocket close codes (RFC 6455, section 7.4.1).
 CLOSE_CODES = {
     grpc.StatusCode.OK: 1000,
@@ -51,13 +64,50 @@ def _num_predict(websocket: WebSocket) -> int:
     return value
 
 
+def _format(websocket: WebSocket) -> str:
+    raw = websocket.query_params.get("format", FORMATS[0])
+    if raw not in FORMATS:
+        raise ValueError(f"format must be {' or '.join(FORMATS)}, got {quoted(raw)}")
+    return raw
+
+
+def error_message(message: str, *, closing: bool = True) -> str:
+    """A refusal as the client reads it; `done` says whether the socket closes after it."""
+    return json.dumps({"error": message, "done": closing})
+
+
 async def _close(websocket: WebSocket, code: int, message: str) -> None:
     """Says why in a message (browsers hide close reasons), then closes."""
     try:
-        await websocket.send_text(json.dumps({"error": message, "done": True}))
+        await websocket.send_text(error_message(message))
         await websocket.close(code=code, reason=message.encode()[:120].decode(errors="ignore"))
     except (WebSocketDisconnect, RuntimeError):
         pass
+
+
+def ollama_object(chunk: pb.AnswerChunk) -> dict:
+    """A chunk as Ollama's /api/generate streams it, its fields in Ollama's
+    order (a count Ollama left out stays out, as in its JSON), and ours."""
+    answer: dict = {
+        "model": chunk.model,
+        "created_at": chunk.created_at.ToJsonString(),
+        "response": chunk.text,
+        "done": chunk.done,
+    }
+    if chunk.done:
+        if chunk.done_reason:
+            answer["done_reason"] = chunk.done_reason
+        for field, value in chunk.metrics.ListFields():  # in field order, which is Ollama's
+            answer[field.name] = value.ToNanoseconds() if field.message_type else value
+        answer.update(frames=list(chunk.frame_ids), frames_dropped=chunk.frames_dropped)
+    return answer
+
+
+def text_object(chunk: pb.AnswerChunk) -> dict:
+    answer: dict = {"response": chunk.text, "done": chunk.done}
+    if chunk.done:
+        answer.update(frames=list(chunk.frame_ids), frames_dropped=chunk.frames_dropped)
+    return answer
 
 
 async def _client_to_node(websocket: WebSocket, call) -> None:
@@ -83,21 +133,22 @@ async def _client_to_node(websocket: WebSocket, call) -> None:
             return
 
 
-async def _node_to_client(websocket: WebSocket, call) -> None:
+async def _node_to_client(websocket: WebSocket, call, answer_format: str) -> None:
     async for response in call:
         kind = response.WhichOneof("message")
         if kind == "notice":
-            await websocket.send_text(response.notice.message)
-            continue
-        if kind == "error":
+            notice = response.notice
+            # A refusal the stream survives (a bad frame) is an error in JSON, the rest words.
+            await websocket.send_text(error_message(notice.message, closing=False) if notice.code else notice.message)
+        elif kind == "error":
             code = CLOSE_CODES.get(getattr(grpc.StatusCode, response.error.code, None), 1011)
             await _close(websocket, code, response.error.message)
             return
-        chunk = response.chunk
-        answer: dict = {"response": chunk.text, "done": chunk.done}
-        if chunk.done:
-            answer.update(frames=list(chunk.frame_ids), frames_dropped=chunk.frames_dropped)
-        await websocket.send_text(json.dumps(answer))
+        elif answer_format == "text":
+            await websocket.send_text(json.dumps(text_object(response.chunk)))
+        else:
+            answer = json.dumps(ollama_object(response.chunk), separators=(",", ":"), ensure_ascii=False)
+            await websocket.send_bytes(answer.encode())
 
 
 def _subprotocol(websocket: WebSocket) -> str | None:
@@ -111,6 +162,7 @@ async def realtime(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=_subprotocol(websocket))
     try:
         num_predict = _num_predict(websocket)
+        answer_format = _format(websocket)
     except ValueError as exc:
         await _close(websocket, 1008, str(exc))
         return
@@ -118,7 +170,7 @@ async def realtime(websocket: WebSocket) -> None:
     call = websocket.app.state.inference.Infer(metadata=caller_metadata())
     await call.write(pb.InferRequest(config=pb.StreamConfig(num_predict=num_predict)))
     inbound = asyncio.create_task(_client_to_node(websocket, call))
-    outbound = asyncio.create_task(_node_to_client(websocket, call))
+    outbound = asyncio.create_task(_node_to_client(websocket, call, answer_format))
     try:
         done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

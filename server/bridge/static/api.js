@@ -146,6 +146,7 @@ export function realtimeUrl(numPredict) {
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.hash = "";
   url.search = "";
+  url.searchParams.set("format", "text"); // answers as text messages; binary ones are for the original's clients
   if (numPredict) url.searchParams.set("num_predict", String(numPredict));
   return url.toString();
 }

@@ -222,8 +222,11 @@ export async function render(root, ctx) {
       message = null;
     }
     if (message && typeof message === "object" && typeof message.error === "string") {
-      lastError = message.error;
-      currentAnswer = null;
+      if (message.done) {
+        // The socket closes after it; without done, one frame was refused and the stream goes on.
+        lastError = message.error;
+        currentAnswer = null;
+      }
       entry("error", h("p.live-entry__who", {}, "Error"), h("p.live-entry__text", {}, message.error));
       announcer.textContent = `Error: ${message.error}`;
       return;

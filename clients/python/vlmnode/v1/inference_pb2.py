@@ -22,34 +22,37 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avlmnode/v1/inference.proto\x12\nvlmnode.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0cInferRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.vlmnode.v1.StreamConfigH\x00\x12\"\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x11.vlmnode.v1.FrameH\x00\x12$\n\x06prompt\x18\x03 \x01(\x0b\x32\x12.vlmnode.v1.PromptH\x00\x12\"\n\x05\x66lush\x18\x04 \x01(\x0b\x32\x11.vlmnode.v1.FlushH\x00\x42\t\n\x07message\"\x9d\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x13\n\x0bnum_predict\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x13\x66lush_after_seconds\x18\x06 \x01(\x01\x42\x0e\n\x0c_temperature\"S\n\x05\x46rame\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12/\n\x0b\x63\x61ptured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x06Prompt\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x07\n\x05\x46lush\"\x94\x01\n\rInferResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x17.vlmnode.v1.AnswerChunkH\x00\x12$\n\x06notice\x18\x02 \x01(\x0b\x32\x12.vlmnode.v1.NoticeH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.vlmnode.v1.StreamErrorH\x00\x42\t\n\x07message\"g\n\x0b\x41nswerChunk\x12\x11\n\tanswer_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x11\n\tframe_ids\x18\x04 \x03(\t\x12\x16\n\x0e\x66rames_dropped\x18\x05 \x01(\r\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\",\n\x06Notice\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tframe_ids\x18\x02 \x03(\t2T\n\x10InferenceService\x12@\n\x05Infer\x12\x18.vlmnode.v1.InferRequest\x1a\x19.vlmnode.v1.InferResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avlmnode/v1/inference.proto\x12\nvlmnode.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x01\n\x0cInferRequest\x12*\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x18.vlmnode.v1.StreamConfigH\x00\x12\"\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x11.vlmnode.v1.FrameH\x00\x12$\n\x06prompt\x18\x03 \x01(\x0b\x32\x12.vlmnode.v1.PromptH\x00\x12\"\n\x05\x66lush\x18\x04 \x01(\x0b\x32\x11.vlmnode.v1.FlushH\x00\x42\t\n\x07message\"\x9d\x01\n\x0cStreamConfig\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\x12\x13\n\x0bnum_predict\x18\x04 \x01(\x05\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x13\x66lush_after_seconds\x18\x06 \x01(\x01\x42\x0e\n\x0c_temperature\"S\n\x05\x46rame\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12/\n\x0b\x63\x61ptured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x06Prompt\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x07\n\x05\x46lush\"\x94\x01\n\rInferResponse\x12(\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x17.vlmnode.v1.AnswerChunkH\x00\x12$\n\x06notice\x18\x02 \x01(\x0b\x32\x12.vlmnode.v1.NoticeH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.vlmnode.v1.StreamErrorH\x00\x42\t\n\x07message\"\xe7\x01\n\x0b\x41nswerChunk\x12\x11\n\tanswer_id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x11\n\tframe_ids\x18\x04 \x03(\t\x12\x16\n\x0e\x66rames_dropped\x18\x05 \x01(\r\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64one_reason\x18\x08 \x01(\t\x12*\n\x07metrics\x18\t \x01(\x0b\x32\x19.vlmnode.v1.AnswerMetrics\"\x8e\x02\n\rAnswerMetrics\x12\x31\n\x0etotal_duration\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rload_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11prompt_eval_count\x18\x03 \x01(\r\x12\x37\n\x14prompt_eval_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\neval_count\x18\x05 \x01(\r\x12\x30\n\reval_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\",\n\x0bStreamError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\":\n\x06Notice\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x11\n\tframe_ids\x18\x02 \x03(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t2T\n\x10InferenceService\x12@\n\x05Infer\x12\x18.vlmnode.v1.InferRequest\x1a\x19.vlmnode.v1.InferResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vlmnode.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INFERREQUEST']._serialized_start=76
-  _globals['_INFERREQUEST']._serialized_end=255
-  _globals['_STREAMCONFIG']._serialized_start=258
-  _globals['_STREAMCONFIG']._serialized_end=415
-  _globals['_FRAME']._serialized_start=417
-  _globals['_FRAME']._serialized_end=500
-  _globals['_PROMPT']._serialized_start=502
-  _globals['_PROMPT']._serialized_end=524
-  _globals['_FLUSH']._serialized_start=526
-  _globals['_FLUSH']._serialized_end=533
-  _globals['_INFERRESPONSE']._serialized_start=536
-  _globals['_INFERRESPONSE']._serialized_end=684
-  _globals['_ANSWERCHUNK']._serialized_start=686
-  _globals['_ANSWERCHUNK']._serialized_end=789
-  _globals['_STREAMERROR']._serialized_start=791
-  _globals['_STREAMERROR']._serialized_end=835
-  _globals['_NOTICE']._serialized_start=837
-  _globals['_NOTICE']._serialized_end=881
-  _globals['_INFERENCESERVICE']._serialized_start=883
-  _globals['_INFERENCESERVICE']._serialized_end=967
+  _globals['_INFERREQUEST']._serialized_start=108
+  _globals['_INFERREQUEST']._serialized_end=287
+  _globals['_STREAMCONFIG']._serialized_start=290
+  _globals['_STREAMCONFIG']._serialized_end=447
+  _globals['_FRAME']._serialized_start=449
+  _globals['_FRAME']._serialized_end=532
+  _globals['_PROMPT']._serialized_start=534
+  _globals['_PROMPT']._serialized_end=556
+  _globals['_FLUSH']._serialized_start=558
+  _globals['_FLUSH']._serialized_end=565
+  _globals['_INFERRESPONSE']._serialized_start=568
+  _globals['_INFERRESPONSE']._serialized_end=716
+  _globals['_ANSWERCHUNK']._serialized_start=719
+  _globals['_ANSWERCHUNK']._serialized_end=950
+  _globals['_ANSWERMETRICS']._serialized_start=953
+  _globals['_ANSWERMETRICS']._serialized_end=1223
+  _globals['_STREAMERROR']._serialized_start=1225
+  _globals['_STREAMERROR']._serialized_end=1269
+  _globals['_NOTICE']._serialized_start=1271
+  _globals['_NOTICE']._serialized_end=1329
+  _globals['_INFERENCESERVICE']._serialized_start=1331
+  _globals['_INFERENCESERVICE']._serialized_end=1415
 # @@protoc_insertion_point(module_scope)

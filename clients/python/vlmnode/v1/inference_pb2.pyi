@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -68,18 +69,42 @@ class InferResponse(_message.Message):
     def __init__(self, chunk: _Optional[_Union[AnswerChunk, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., error: _Optional[_Union[StreamError, _Mapping]] = ...) -> None: ...
 
 class AnswerChunk(_message.Message):
-    __slots__ = ("answer_id", "text", "done", "frame_ids", "frames_dropped")
+    __slots__ = ("answer_id", "text", "done", "frame_ids", "frames_dropped", "model", "created_at", "done_reason", "metrics")
     ANSWER_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     FRAME_IDS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DONE_REASON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     answer_id: int
     text: str
     done: bool
     frame_ids: _containers.RepeatedScalarFieldContainer[str]
     frames_dropped: int
-    def __init__(self, answer_id: _Optional[int] = ..., text: _Optional[str] = ..., done: _Optional[bool] = ..., frame_ids: _Optional[_Iterable[str]] = ..., frames_dropped: _Optional[int] = ...) -> None: ...
+    model: str
+    created_at: _timestamp_pb2.Timestamp
+    done_reason: str
+    metrics: AnswerMetrics
+    def __init__(self, answer_id: _Optional[int] = ..., text: _Optional[str] = ..., done: _Optional[bool] = ..., frame_ids: _Optional[_Iterable[str]] = ..., frames_dropped: _Optional[int] = ..., model: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., done_reason: _Optional[str] = ..., metrics: _Optional[_Union[AnswerMetrics, _Mapping]] = ...) -> None: ...
+
+class AnswerMetrics(_message.Message):
+    __slots__ = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
+    TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    LOAD_DURATION_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EVAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EVAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    EVAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    total_duration: _duration_pb2.Duration
+    load_duration: _duration_pb2.Duration
+    prompt_eval_count: int
+    prompt_eval_duration: _duration_pb2.Duration
+    eval_count: int
+    eval_duration: _duration_pb2.Duration
+    def __init__(self, total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., load_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_eval_count: _Optional[int] = ..., prompt_eval_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., eval_count: _Optional[int] = ..., eval_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class StreamError(_message.Message):
     __slots__ = ("code", "message")
@@ -90,9 +115,11 @@ class StreamError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Notice(_message.Message):
-    __slots__ = ("message", "frame_ids")
+    __slots__ = ("message", "frame_ids", "code")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     FRAME_IDS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     message: str
     frame_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, message: _Optional[str] = ..., frame_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    code: str
+    def __init__(self, message: _Optional[str] = ..., frame_ids: _Optional[_Iterable[str]] = ..., code: _Optional[str] = ...) -> None: ...

@@ -37,8 +37,11 @@ class InferenceServiceStub:
     """Infer opens a stream: the first message is a StreamConfig, then frames
     and prompts in any order. A full batch of frames plus the current prompt
     goes to the VLM and the answer streams back in chunks. While the model is
-    busy only the newest batch of frames is kept; the rest are counted as
-    dropped.
+    busy, or no prompt has come yet, only the newest batch of frames is kept
+    (the rest are counted as dropped); frames kept before any prompt are
+    answered when one comes. A frame the node cannot take (not an image, too
+    large) gets a Notice with the refusal's code and the stream goes on;
+    the fifth bad frame in a row ends it with that code.
     """
 
 @_typing.type_check_only
@@ -50,8 +53,11 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """Infer opens a stream: the first message is a StreamConfig, then frames
     and prompts in any order. A full batch of frames plus the current prompt
     goes to the VLM and the answer streams back in chunks. While the model is
-    busy only the newest batch of frames is kept; the rest are counted as
-    dropped.
+    busy, or no prompt has come yet, only the newest batch of frames is kept
+    (the rest are counted as dropped); frames kept before any prompt are
+    answered when one comes. A frame the node cannot take (not an image, too
+    large) gets a Notice with the refusal's code and the stream goes on;
+    the fifth bad frame in a row ends it with that code.
     """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -66,8 +72,11 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Infer opens a stream: the first message is a StreamConfig, then frames
         and prompts in any order. A full batch of frames plus the current prompt
         goes to the VLM and the answer streams back in chunks. While the model is
-        busy only the newest batch of frames is kept; the rest are counted as
-        dropped.
+        busy, or no prompt has come yet, only the newest batch of frames is kept
+        (the rest are counted as dropped); frames kept before any prompt are
+        answered when one comes. A frame the node cannot take (not an image, too
+        large) gets a Notice with the refusal's code and the stream goes on;
+        the fifth bad frame in a row ends it with that code.
         """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

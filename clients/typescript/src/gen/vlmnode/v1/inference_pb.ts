@@ -4,15 +4,15 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file vlmnode/v1/inference.proto.
  */
 export const file_vlmnode_v1_inference: GenFile = /*@__PURE__*/
-  fileDesc("Chp2bG1ub2RlL3YxL2luZmVyZW5jZS5wcm90bxIKdmxtbm9kZS52MSKzAQoMSW5mZXJSZXF1ZXN0EioKBmNvbmZpZxgBIAEoCzIYLnZsbW5vZGUudjEuU3RyZWFtQ29uZmlnSAASIgoFZnJhbWUYAiABKAsyES52bG1ub2RlLnYxLkZyYW1lSAASJAoGcHJvbXB0GAMgASgLMhIudmxtbm9kZS52MS5Qcm9tcHRIABIiCgVmbHVzaBgEIAEoCzIRLnZsbW5vZGUudjEuRmx1c2hIAEIJCgdtZXNzYWdlIp0BCgxTdHJlYW1Db25maWcSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEhIKCmJhdGNoX3NpemUYAyABKAUSEwoLbnVtX3ByZWRpY3QYBCABKAUSGAoLdGVtcGVyYXR1cmUYBSABKAJIAIgBARIbChNmbHVzaF9hZnRlcl9zZWNvbmRzGAYgASgBQg4KDF90ZW1wZXJhdHVyZSJTCgVGcmFtZRIKCgJpZBgBIAEoCRINCgVpbWFnZRgCIAEoDBIvCgtjYXB0dXJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoGUHJvbXB0EgwKBHRleHQYASABKAkiBwoFRmx1c2gilAEKDUluZmVyUmVzcG9uc2USKAoFY2h1bmsYASABKAsyFy52bG1ub2RlLnYxLkFuc3dlckNodW5rSAASJAoGbm90aWNlGAIgASgLMhIudmxtbm9kZS52MS5Ob3RpY2VIABIoCgVlcnJvchgDIAEoCzIXLnZsbW5vZGUudjEuU3RyZWFtRXJyb3JIAEIJCgdtZXNzYWdlImcKC0Fuc3dlckNodW5rEhEKCWFuc3dlcl9pZBgBIAEoDRIMCgR0ZXh0GAIgASgJEgwKBGRvbmUYAyABKAgSEQoJZnJhbWVfaWRzGAQgAygJEhYKDmZyYW1lc19kcm9wcGVkGAUgASgNIiwKC1N0cmVhbUVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIsCgZOb3RpY2USDwoHbWVzc2FnZRgBIAEoCRIRCglmcmFtZV9pZHMYAiADKAkyVAoQSW5mZXJlbmNlU2VydmljZRJACgVJbmZlchIYLnZsbW5vZGUudjEuSW5mZXJSZXF1ZXN0Ghkudmxtbm9kZS52MS5JbmZlclJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("Chp2bG1ub2RlL3YxL2luZmVyZW5jZS5wcm90bxIKdmxtbm9kZS52MSKzAQoMSW5mZXJSZXF1ZXN0EioKBmNvbmZpZxgBIAEoCzIYLnZsbW5vZGUudjEuU3RyZWFtQ29uZmlnSAASIgoFZnJhbWUYAiABKAsyES52bG1ub2RlLnYxLkZyYW1lSAASJAoGcHJvbXB0GAMgASgLMhIudmxtbm9kZS52MS5Qcm9tcHRIABIiCgVmbHVzaBgEIAEoCzIRLnZsbW5vZGUudjEuRmx1c2hIAEIJCgdtZXNzYWdlIp0BCgxTdHJlYW1Db25maWcSDQoFbW9kZWwYASABKAkSDgoGcHJvbXB0GAIgASgJEhIKCmJhdGNoX3NpemUYAyABKAUSEwoLbnVtX3ByZWRpY3QYBCABKAUSGAoLdGVtcGVyYXR1cmUYBSABKAJIAIgBARIbChNmbHVzaF9hZnRlcl9zZWNvbmRzGAYgASgBQg4KDF90ZW1wZXJhdHVyZSJTCgVGcmFtZRIKCgJpZBgBIAEoCRINCgVpbWFnZRgCIAEoDBIvCgtjYXB0dXJlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoGUHJvbXB0EgwKBHRleHQYASABKAkiBwoFRmx1c2gilAEKDUluZmVyUmVzcG9uc2USKAoFY2h1bmsYASABKAsyFy52bG1ub2RlLnYxLkFuc3dlckNodW5rSAASJAoGbm90aWNlGAIgASgLMhIudmxtbm9kZS52MS5Ob3RpY2VIABIoCgVlcnJvchgDIAEoCzIXLnZsbW5vZGUudjEuU3RyZWFtRXJyb3JIAEIJCgdtZXNzYWdlIucBCgtBbnN3ZXJDaHVuaxIRCglhbnN3ZXJfaWQYASABKA0SDAoEdGV4dBgCIAEoCRIMCgRkb25lGAMgASgIEhEKCWZyYW1lX2lkcxgEIAMoCRIWCg5mcmFtZXNfZHJvcHBlZBgFIAEoDRINCgVtb2RlbBgGIAEoCRIuCgpjcmVhdGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtkb25lX3JlYXNvbhgIIAEoCRIqCgdtZXRyaWNzGAkgASgLMhkudmxtbm9kZS52MS5BbnN3ZXJNZXRyaWNzIo4CCg1BbnN3ZXJNZXRyaWNzEjEKDnRvdGFsX2R1cmF0aW9uGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjAKDWxvYWRfZHVyYXRpb24YAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGQoRcHJvbXB0X2V2YWxfY291bnQYAyABKA0SNwoUcHJvbXB0X2V2YWxfZHVyYXRpb24YBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKZXZhbF9jb3VudBgFIAEoDRIwCg1ldmFsX2R1cmF0aW9uGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIiwKC1N0cmVhbUVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSI6CgZOb3RpY2USDwoHbWVzc2FnZRgBIAEoCRIRCglmcmFtZV9pZHMYAiADKAkSDAoEY29kZRgDIAEoCTJUChBJbmZlcmVuY2VTZXJ2aWNlEkAKBUluZmVyEhgudmxtbm9kZS52MS5JbmZlclJlcXVlc3QaGS52bG1ub2RlLnYxLkluZmVyUmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message vlmnode.v1.InferRequest
@@ -41,7 +41,8 @@ export type InferRequest = Message<"vlmnode.v1.InferRequest"> & {
     case: "prompt";
   } | {
     /**
-     * Flush sends the queued frames now, even if the batch is not full.
+     * Flush sends the queued frames now, even if the batch is not full;
+     * with no prompt yet a Notice says so, and they are kept for it.
      *
      * @generated from field: vlmnode.v1.Flush flush = 4;
      */
@@ -236,11 +237,41 @@ export type AnswerChunk = Message<"vlmnode.v1.AnswerChunk"> & {
   frameIds: string[];
 
   /**
-   * Frames dropped on this stream so far because the model was busy.
+   * Frames dropped on this stream so far because the model was busy or no
+   * prompt had come.
    *
    * @generated from field: uint32 frames_dropped = 5;
    */
   framesDropped: number;
+
+  /**
+   * The model that writes the answer, as Ollama names it.
+   *
+   * @generated from field: string model = 6;
+   */
+  model: string;
+
+  /**
+   * When the model wrote this chunk, as Ollama says.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * On the last chunk: why the model stopped, as Ollama says: "stop", or
+   * "length" when num_predict cut the answer.
+   *
+   * @generated from field: string done_reason = 8;
+   */
+  doneReason: string;
+
+  /**
+   * On the last chunk: Ollama's counts for the answer.
+   *
+   * @generated from field: vlmnode.v1.AnswerMetrics metrics = 9;
+   */
+  metrics?: AnswerMetrics | undefined;
 };
 
 /**
@@ -249,6 +280,59 @@ export type AnswerChunk = Message<"vlmnode.v1.AnswerChunk"> & {
  */
 export const AnswerChunkSchema: GenMessage<AnswerChunk> = /*@__PURE__*/
   messageDesc(file_vlmnode_v1_inference, 6);
+
+/**
+ * AnswerMetrics are Ollama's counts for one answer (its /api/generate
+ * metrics); a count Ollama did not give is left unset.
+ *
+ * @generated from message vlmnode.v1.AnswerMetrics
+ */
+export type AnswerMetrics = Message<"vlmnode.v1.AnswerMetrics"> & {
+  /**
+   * The whole request, from its arrival at Ollama.
+   *
+   * @generated from field: google.protobuf.Duration total_duration = 1;
+   */
+  totalDuration?: Duration | undefined;
+
+  /**
+   * Loading the model.
+   *
+   * @generated from field: google.protobuf.Duration load_duration = 2;
+   */
+  loadDuration?: Duration | undefined;
+
+  /**
+   * Tokens of the prompt the model read.
+   *
+   * @generated from field: uint32 prompt_eval_count = 3;
+   */
+  promptEvalCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Duration prompt_eval_duration = 4;
+   */
+  promptEvalDuration?: Duration | undefined;
+
+  /**
+   * Tokens of the answer.
+   *
+   * @generated from field: uint32 eval_count = 5;
+   */
+  evalCount: number;
+
+  /**
+   * @generated from field: google.protobuf.Duration eval_duration = 6;
+   */
+  evalDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message vlmnode.v1.AnswerMetrics.
+ * Use `create(AnswerMetricsSchema)` to create a new message.
+ */
+export const AnswerMetricsSchema: GenMessage<AnswerMetrics> = /*@__PURE__*/
+  messageDesc(file_vlmnode_v1_inference, 7);
 
 /**
  * StreamError is the last message of a stream the node ends with an error,
@@ -276,11 +360,11 @@ export type StreamError = Message<"vlmnode.v1.StreamError"> & {
  * Use `create(StreamErrorSchema)` to create a new message.
  */
 export const StreamErrorSchema: GenMessage<StreamError> = /*@__PURE__*/
-  messageDesc(file_vlmnode_v1_inference, 7);
+  messageDesc(file_vlmnode_v1_inference, 8);
 
 /**
  * Notice tells the client something that is not an answer, such as frames
- * that arrived before any prompt.
+ * that arrived before any prompt, or a frame the node refused.
  *
  * @generated from message vlmnode.v1.Notice
  */
@@ -294,6 +378,15 @@ export type Notice = Message<"vlmnode.v1.Notice"> & {
    * @generated from field: repeated string frame_ids = 2;
    */
   frameIds: string[];
+
+  /**
+   * Empty for news; for a message the node refused without ending the
+   * stream, the gRPC status code's name it would have ended with, e.g.
+   * "INVALID_ARGUMENT" for a frame that is not an image.
+   *
+   * @generated from field: string code = 3;
+   */
+  code: string;
 };
 
 /**
@@ -301,7 +394,7 @@ export type Notice = Message<"vlmnode.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_vlmnode_v1_inference, 8);
+  messageDesc(file_vlmnode_v1_inference, 9);
 
 /**
  * InferenceService answers what the glasses see, as it happens.
@@ -313,8 +406,11 @@ export const InferenceService: GenService<{
    * Infer opens a stream: the first message is a StreamConfig, then frames
    * and prompts in any order. A full batch of frames plus the current prompt
    * goes to the VLM and the answer streams back in chunks. While the model is
-   * busy only the newest batch of frames is kept; the rest are counted as
-   * dropped.
+   * busy, or no prompt has come yet, only the newest batch of frames is kept
+   * (the rest are counted as dropped); frames kept before any prompt are
+   * answered when one comes. A frame the node cannot take (not an image, too
+   * large) gets a Notice with the refusal's code and the stream goes on;
+   * the fifth bad frame in a row ends it with that code.
    *
    * @generated from rpc vlmnode.v1.InferenceService.Infer
    */
