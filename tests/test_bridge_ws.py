@@ -4,6 +4,7 @@ the original's callers were, and the original README's JavaScript client
 under Node."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -247,6 +248,22 @@ async def test_a_client_that_keeps_sending_bad_frames_is_closed(ws_url, fake_oll
     ]
     assert code == 1008
     assert not [r for r in fake_ollama.requests if r["images"]]  # the red frame waited for its batch
+
+
+@pytest.mark.parametrize("fragments", [1, 3])
+async def test_a_message_over_the_websocket_limit_is_refused_before_the_close(ws_url, fragments):
+    """The bridge's WebSocket limit is the frame limit and 64 KiB
+    (ws_max_size): past it the protocol closes with 1009, after the error
+    in words. Sent whole, or in fragments each within the limit."""
+    size = 20_000_000
+    async with websockets.connect(ws_url) as ws:
+        await ws.send("Describe")
+        with contextlib.suppress(ConnectionClosed):  # the bridge may close before all is sent
+            await ws.send(bytes(size) if fragments == 1 else [bytes(100_000)] * 2 + [bytes(size)])
+        code, received = await closed_with(ws)
+    limit = 200_000 + 64 * 1024
+    said = f"message of {size if fragments == 1 else 200_000 + size} bytes is over the limit of {limit} bytes"
+    assert received == [json.dumps({"error": said, "done": True})] and code == 1009
 
 
 async def test_a_client_leaving_cancels_the_model_request(ws_url, fake_ollama):

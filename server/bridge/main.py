@@ -10,11 +10,12 @@ from pathlib import Path
 import uvicorn
 
 from server.bridge.connections import EdgeH11Protocol
+from server.bridge.ws_connections import EdgeWebSocketProtocol
 from server.config import Settings, load
 
 log = logging.getLogger("server.bridge.main")  # also when run as __main__
 
-WS_OVERHEAD = 64 * 1024  # bytes a WebSocket message may carry beside a frame
+WS_OVERHEAD = 64 * 1024  # bytes a WebSocket message may carry beside a frame (ws_max_size)
 KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection is kept between requests (uvicorn's default)
 MAX_HEAD_BYTES = 16 * 1024  # a request's line and headers (h11's default; nginx allows 4 x 8 KB, Envoy 60 KB)
 BACKLOG = 2048  # connections the kernel queues for accept (uvicorn's default)
@@ -71,7 +72,7 @@ def uvicorn_options(settings: Settings) -> dict:
         limit_concurrency=limits.served + 1,  # uvicorn counts the connection asking among those open
         backlog=limits.backlog,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
-        ws="websockets-sansio",
+        ws=EdgeWebSocketProtocol,  # uvicorn's websockets-sansio, saying why it closes a message over ws_max_size
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=2 * settings.ws_ping_interval,  # no pong for this long: the client is gone
         ws_max_size=settings.realtime_max_frame_bytes + WS_OVERHEAD,

@@ -15,7 +15,8 @@ batch". Notices are such plain text; a refused image (not an image, too
 large) gets `{"error": "...", "done": false}` and the stream goes on, while
 an error that ends the stream (RealtimeLimits.max_bad_frames bad images in
 a row, a prompt too long, the model unavailable) gets
-`{"error": "...", "done": true}` and the close (CLOSE_CODES).
+`{"error": "...", "done": true}` and the close (CLOSE_CODES). A message over
+the WebSocket's own limit gets that too, from server/bridge/ws_connections.py.
 `?num_predict=N` limits the answer length.
 Keep-alive pings (every WS_PING_INTERVAL, 10 s) are uvicorn's (server/bridge/main.py).
 The only subprotocol the bridge ever picks is `vlmnode` (the token a browser
