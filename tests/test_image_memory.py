@@ -14,6 +14,7 @@ from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
 
 from server.images import MAX_PIXELS
+from server.realtime import RealtimeLimits
 from tests.conftest import free_port, settings_env
 
 STREAMS = 10
@@ -86,11 +87,15 @@ async def test_ten_streams_of_large_frames_stay_within_the_memory_budget(setting
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             at_rest = memory_mb(server.pid)
 
-            # Over the limit: each stream is refused at its first frame, with one line.
+            # Over the limit: each frame is refused from its header, and a
+            # stream's batch of them, bad frames in a row, ends it with one line.
             bomb = solid_png(6300, 6300)
-            assert len(bomb) < 140_000
+            assert len(bomb) < 140_000 and FRAMES == RealtimeLimits().max_bad_frames
             ended = await asyncio.gather(*(one_stream(stub, bomb) for _ in range(STREAMS)))
-            expected = f"frame f0: image too large: 6300x6300 pixels (limit {MAX_PIXELS})"
+            expected = (
+                f"frame f{FRAMES - 1}: image too large: 6300x6300 pixels (limit {MAX_PIXELS}) "
+                f"({FRAMES} bad frames in a row end the stream)"
+            )
             assert {(code, message) for code, message, _ in ended} == {(grpc.StatusCode.INVALID_ARGUMENT, expected)}
             after_refusals = memory_mb(server.pid)
 
