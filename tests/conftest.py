@@ -154,26 +154,31 @@ async def jobs(node):
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings):
-    """A worker running in this test's event loop until the block ends."""
+async def running_worker(settings, pipelines=None):
+    """A worker running in this test's event loop until the block ends; with
+    `pipelines`, a worker of those, which use no peer."""
     import asyncio
 
     from server.peers import domain_client, ollama_engine
-    from worker.pipelines import Peers
+    from worker.pipelines import PIPELINES, Peers
     from worker.runner import Worker
 
     store = JobStore(settings.postgres_url, max_size=4)
     await store.open()
-    peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
-    w = Worker(store, peers, worker_name="test-worker")
+    if pipelines is None:
+        peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
+    else:
+        peers = Peers(settings=settings, engine=None, domain=None)
+    w = Worker(store, peers, worker_name="test-worker", pipelines=pipelines or PIPELINES)
     task = asyncio.create_task(w.run())
     try:
         yield w
     finally:
         w.stop()
         await asyncio.wait_for(task, 10)
-        await peers.engine.aclose()
-        await peers.domain.aclose()
+        for peer in (peers.engine, peers.domain):
+            if peer is not None:
+                await peer.aclose()
         await store.close()
 
 

@@ -2,7 +2,6 @@
 Ollama and posemesh, delivered to a webhook."""
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -12,7 +11,7 @@ from datetime import datetime, timezone
 
 from vlmnode.v1 import jobs_pb2
 
-from tests.conftest import COLOURS, DOMAIN_ID
+from tests.conftest import COLOURS, DOMAIN_ID, running_worker
 from tests.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 
@@ -301,26 +300,6 @@ async def more_attempts_than(jobs, job_id: str, n: int) -> bool:
     return (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job_id))).job.attempts > n
 
 
-@contextlib.asynccontextmanager
-async def worker_running(settings, pipelines):
-    """A worker of our own pipelines, in this test's event loop."""
-    from server.store import JobStore
-    from worker.pipelines import Peers
-    from worker.runner import Worker
-
-    store = JobStore(settings.postgres_url, max_size=4)
-    await store.open()
-    w = Worker(store, Peers(settings=settings, engine=None, domain=None), worker_name="test-worker",
-               pipelines=pipelines)
-    task = asyncio.create_task(w.run())
-    try:
-        yield w
-    finally:
-        w.stop()
-        await asyncio.wait_for(task, 10)
-        await store.close()
-
-
 async def test_an_ollama_outage_longer_than_the_old_retry_budget_is_waited_out(settings, jobs, fake_ollama):
     """The old budget, 5 attempts, was spent in about 30 s: a 35 s restart of
     Ollama failed every queued job for good. Now a job waits out JOB_RETRY_FOR,
@@ -383,9 +362,9 @@ async def test_a_job_making_progress_between_failures_is_not_failed_by_the_budge
         return pipeline
 
     quick = quick_retries(settings, job_retry_for=0.3)
-    async with worker_running(quick, {"vlm_only": flapping(progress=True)}):
+    async with running_worker(quick, {"vlm_only": flapping(progress=True)}):
         made_progress = await wait_final(jobs, (await jobs.CreateJob(create_request(**VLM_ONLY))).job.id)
-    async with worker_running(quick, {"vlm_only": flapping(progress=False)}):
+    async with running_worker(quick, {"vlm_only": flapping(progress=False)}):
         stuck = await wait_final(jobs, (await jobs.CreateJob(create_request(**VLM_ONLY))).job.id)
     assert made_progress.status == jobs_pb2.JOB_STATUS_COMPLETED and made_progress.attempts == 7
     assert stuck.status == jobs_pb2.JOB_STATUS_FAILED and stuck.attempts < 7
