@@ -62,7 +62,7 @@ from bench.soak import FINAL, Node, analyse, image_ids, log_summary
 from server.config import Settings
 from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
-from tests.peers.fake_posemesh import DEMO_DOMAIN_ID
+from devpeers.fake_posemesh import DEMO_DOMAIN_ID
 
 # When each fault comes, in seconds from the first job.
 KILL_FIRST_WORKER_AT = 15.0
@@ -392,7 +392,7 @@ async def faults(args) -> None:
     proxy_port = free_port()
     proxy_log = open(os.path.join(log_dir, "tcp-proxy.log"), "wb")
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "tests.peers.tcp_proxy", "--port", str(proxy_port), "--upstream", f"127.0.0.1:{pg_port}"],
+        [sys.executable, "-m", "devpeers.tcp_proxy", "--port", str(proxy_port), "--upstream", f"127.0.0.1:{pg_port}"],
         stdout=proxy_log, stderr=subprocess.STDOUT,
     )
     store = JobStore(direct, max_size=4)

@@ -29,7 +29,7 @@ from vlmnode.v1 import inference_pb2_grpc
 
 from bench.database import fresh_store, percentile
 from bench.ports import free_port, wait_port
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 
 MODEL = "moondream:1.8b"
 PROMPT = "What do you see?"
@@ -111,7 +111,7 @@ async def node_beside_fake_ollama(store_url: str, streams: int, token_delay: flo
         "IMAGE_BATCH_SIZE": "1",  # the WebSocket's batch: one frame, one answer
         "LOG_LEVEL": "WARNING",
     }
-    fake = [sys.executable, "-m", "tests.peers.fake_ollama", "--port", str(ollama_port),
+    fake = [sys.executable, "-m", "devpeers.fake_ollama", "--port", str(ollama_port),
             "--token-delay", str(token_delay), "--num-parallel", str(streams + 4)]
     procs = [
         subprocess.Popen(fake, stdout=subprocess.DEVNULL),

@@ -38,8 +38,8 @@ from bench.database import fresh_store, percentile
 from bench.ports import free_port, wait_port
 from server.domain import DomainClient, images_only
 from server.store import JobStore
-from tests.images import solid_jpeg
-from tests.peers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_EMAIL, DEMO_PASSWORD
+from devpeers.images import solid_jpeg
+from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_EMAIL, DEMO_PASSWORD
 
 FINAL = ("completed", "failed", "cancelled")
 # A re-run after one of these is the queue taking a job back from a worker,
@@ -124,7 +124,7 @@ class Node:
                 "fake-ollama",
                 [
                     "-m",
-                    "tests.peers.fake_ollama",
+                    "devpeers.fake_ollama",
                     "--port",
                     str(self.ports["ollama"]),
                     "--latency",
@@ -142,7 +142,7 @@ class Node:
                 "fake-posemesh",
                 [
                     "-m",
-                    "tests.peers.fake_posemesh",
+                    "devpeers.fake_posemesh",
                     "--port",
                     str(self.ports["posemesh"]),
                     "--demo",

@@ -28,9 +28,9 @@ from bench.database import fresh_store
 from server.config import Settings
 from server.peers import domain_client, ollama_engine
 from server.store import JobStore
-from tests.images import solid_jpeg
-from tests.peers.fake_ollama import FakeOllama
-from tests.peers.fake_posemesh import FakePosemesh
+from devpeers.images import solid_jpeg
+from devpeers.fake_ollama import FakeOllama
+from devpeers.fake_posemesh import FakePosemesh
 from worker.pipelines import Peers
 from worker.runner import Worker
 

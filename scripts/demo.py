@@ -19,9 +19,9 @@ import grpc
 from google.protobuf import json_format
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.peers.fake_ollama import FakeOllama
-from tests.peers.fake_posemesh import DEMO_DOMAIN_ID, FakePosemesh, demo_images
-from tests.peers.webhook_receiver import WebhookReceiver
+from devpeers.fake_ollama import FakeOllama
+from devpeers.fake_posemesh import DEMO_DOMAIN_ID, FakePosemesh, demo_images
+from devpeers.webhook_receiver import WebhookReceiver
 
 
 def run_job(target: str, webhook_url: str) -> None:

@@ -78,7 +78,7 @@ COLOURS = ["white", "red", "red", "blue", "red", "green"]
 @pytest.fixture
 def fake_ollama():
     """Ollama with the default models, and gemma3 for a VLM that sees several images at once."""
-    from tests.peers.fake_ollama import DEFAULT_MODELS, FakeOllama
+    from devpeers.fake_ollama import DEFAULT_MODELS, FakeOllama
 
     with FakeOllama([*DEFAULT_MODELS, "gemma3:4b"]) as server:
         yield server
@@ -89,8 +89,8 @@ def posemesh():
     """A posemesh with one domain of six photos, one a minute, named as
     glasses apps name them so their time comes from the name, beside what
     real domains also hold: a sensor log, a manifest and a 200 MiB scan."""
-    from tests.images import solid_jpeg
-    from tests.peers.fake_posemesh import FakePosemesh
+    from devpeers.images import solid_jpeg
+    from devpeers.fake_posemesh import FakePosemesh
 
     with FakePosemesh() as server:
         server.add_domain(DOMAIN_ID)
@@ -104,7 +104,7 @@ def posemesh():
 
 @pytest.fixture
 def webhook():
-    from tests.peers.webhook_receiver import WebhookReceiver
+    from devpeers.webhook_receiver import WebhookReceiver
 
     with WebhookReceiver(secret="s3cret") as receiver:
         yield receiver

@@ -19,7 +19,7 @@ from server.auth import Tokens
 from server.bridge.auth import QUERY_TOKEN_REFUSED
 from server.grpc_server import NodeServer
 from tests.conftest import running_bridge
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 from tests.test_job_service import create_request
 
 TOKEN = "s3cr3t-token-for-tests"

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from server.grpc_server import NodeServer
 from server.realtime import RealtimeLimits
 from tests.conftest import running_bridge, wait_for
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 from tests.test_typescript_client import PACKAGE, run
 
 NO_PROMPT = "No prompt received for image batch"

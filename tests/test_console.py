@@ -20,7 +20,7 @@ import pytest
 from server.auth import Tokens
 from server.grpc_server import NodeServer
 from tests.conftest import DOMAIN_ID, running_bridge
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 
 try:
     from playwright.async_api import async_playwright, expect

@@ -28,7 +28,7 @@ from server.domain import (
     validate_query,
 )
 from server.errors import BadInput, PeerRefused, PeerUnavailable
-from tests.peers.fake_posemesh import INVALID_DOMAIN_TOKEN, FakePosemesh, Generated
+from devpeers.fake_posemesh import INVALID_DOMAIN_TOKEN, FakePosemesh, Generated
 
 EMAIL = "worker@example.com"
 PASSWORD = "correct horse"
@@ -954,7 +954,7 @@ async def test_a_read_only_account_is_refused_for_good(fake, domain_id, client):
 
 
 async def test_an_item_over_the_servers_limit_is_too_large(fake, domain_id, client):
-    from tests.peers.fake_posemesh import MAX_ITEM_BYTES
+    from devpeers.fake_posemesh import MAX_ITEM_BYTES
 
     with pytest.raises(PeerRefused, match=f"{MAX_ITEM_BYTES + 1} bytes as too large") as info:
         await client.upload_item(domain_id, "result_1", "vlm_job_result_json", b"x" * (MAX_ITEM_BYTES + 1))

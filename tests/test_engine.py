@@ -13,8 +13,8 @@ from server.engine import METRICS, OllamaEngine
 from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.retry import RetryStrategy
 from tests.conftest import wait_for
-from tests.images import solid_jpeg
-from tests.peers.fake_ollama import FakeOllama
+from devpeers.images import solid_jpeg
+from devpeers.fake_ollama import FakeOllama
 
 QUICK_RETRY = RetryStrategy(max_attempts=3, wait=0.01)
 VLM = "moondream:1.8b"

@@ -13,8 +13,8 @@ import ollama
 import pytest
 
 from tests.conftest import wait_for
-from tests.images import solid_jpeg
-from tests.peers.fake_ollama import MAX_QUEUE_MESSAGE, FakeOllama, count_tokens
+from devpeers.images import solid_jpeg
+from devpeers.fake_ollama import MAX_QUEUE_MESSAGE, FakeOllama, count_tokens
 
 VLM = "moondream:1.8b"
 LLM = "llama3:latest"
@@ -375,7 +375,7 @@ def test_the_standalone_server_runs():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "tests.peers.fake_ollama", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "devpeers.fake_ollama", "--port", str(port),
                              "--num-parallel", "2", "--latency", "0", "--token-delay", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:

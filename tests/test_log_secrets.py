@@ -19,7 +19,7 @@ from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server import logs
 from tests.conftest import free_port, settings_env, wait_for
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 from tests.test_job_service import create_request, struct
 
 TOKEN = "tok-5b2e7c91d4a8f6e0"

@@ -11,7 +11,7 @@ from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
 
 from tests.conftest import free_port, running_bridge, settings_env, wait_for
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
 

@@ -35,7 +35,7 @@ from server.domain import DomainClient, DomainQuery, validate_domain_id, validat
 from server.errors import BadInput, PeerUnavailable
 from server.jobs import JOB_TYPES, MAX_PROMPT_CHARS, JobInput, validate_input, validate_job
 from server.realtime import RealtimeLimits, StreamSettings, stream_settings
-from tests.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
+from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
 from tests.property_counts import Counts, bounded, keep_hypothesis_files_in_artifacts
 
 keep_hypothesis_files_in_artifacts()

@@ -43,7 +43,7 @@ from server.grpc_server import MESSAGE_OVERHEAD, NodeServer
 from server.images import check_image
 from server.realtime import NO_PROMPT, RealtimeLimits, stream_settings
 from tests.conftest import DOMAIN_ID, running_bridge
-from tests.images import solid_jpeg, solid_png
+from devpeers.images import solid_jpeg, solid_png
 from tests.property_counts import Counts, bounded, keep_hypothesis_files_in_artifacts
 from tests.test_properties import (
     json_values,
@@ -707,7 +707,7 @@ async def test_infer(infer, requests):
     if model not in KNOWN_MODELS:
         allowed.add("FAILED_PRECONDITION")  # the fake Ollama lacks the model
     # The prompt, the image and an answer of num_predict tokens must fit
-    # moondream's 2048-token window (tests/peers/fake_ollama.py): a long
+    # moondream's 2048-token window (devpeers/fake_ollama.py): a long
     # answer or prompt is refused before Ollama is asked, as the engine's
     # pre-check does (by its estimate, which answers sharpen).
     config = requests[0].config if requests[0].WhichOneof("message") == "config" else pb.StreamConfig()

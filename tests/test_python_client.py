@@ -21,7 +21,7 @@ import pytest
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from tests.conftest import DOMAIN_ID
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 from vlmnode import (
     AnswerChunk,
     AsyncClient,

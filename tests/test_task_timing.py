@@ -12,7 +12,7 @@ import pytest
 from server.engine import OllamaEngine
 from server.errors import PeerUnavailable
 from server.store import Caption
-from tests.peers.fake_ollama import FakeOllama
+from devpeers.fake_ollama import FakeOllama
 from worker.captions import Row
 from worker.task_timing import decide, parse, schema, task_output
 

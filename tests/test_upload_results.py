@@ -8,7 +8,7 @@ import uuid
 from vlmnode.v1 import jobs_pb2
 
 from tests.conftest import DOMAIN_ID
-from tests.peers.fake_posemesh import INVALID_DOMAIN_TOKEN
+from devpeers.fake_posemesh import INVALID_DOMAIN_TOKEN
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import as_dict, vlm_requests, wait_final
 from worker.upload import RESULT_DATA_TYPE

@@ -25,7 +25,7 @@ from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.grpc_server import NodeServer
 from server.retry import RetryStrategy
 from tests.conftest import running_bridge, running_worker
-from tests.peers.webhook_receiver import WebhookReceiver
+from devpeers.webhook_receiver import WebhookReceiver
 from tests.test_job_service import INPUT, create_request, struct
 from tests.test_worker import wait_final
 from worker.webhook import deliver, encode_body, sign

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from vlmnode.v1 import jobs_pb2
 
 from tests.conftest import COLOURS, DOMAIN_ID, running_worker
-from tests.images import solid_jpeg
+from devpeers.images import solid_jpeg
 from tests.test_job_service import INPUT, create_request, struct
 
 FINAL = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
@@ -199,7 +199,7 @@ async def test_only_the_images_of_a_domain_are_downloaded(jobs, worker, posemesh
 
 
 async def test_an_image_too_large_to_take_is_skipped_unread(jobs, worker, posemesh):
-    from tests.peers.fake_posemesh import Generated
+    from devpeers.fake_posemesh import Generated
 
     huge = posemesh.add_item(DOMAIN_ID, "photo_huge_20250810_170000", Generated(64 * 1024 * 1024, b"\xff\xd8"))
     done = await wait_final(jobs, (await jobs.CreateJob(create_request())).job.id)
@@ -238,7 +238,7 @@ async def test_a_retry_with_a_new_vlm_prompt_captions_again(jobs, worker, fake_o
 
 async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings, jobs, posemesh):
     from tests.conftest import running_worker
-    from tests.peers.fake_ollama import FakeOllama
+    from devpeers.fake_ollama import FakeOllama
 
     with FakeOllama(["llama3:latest"]) as ollama:  # the VLM is not there yet
         job = (await jobs.CreateJob(create_request())).job
@@ -251,7 +251,7 @@ async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings,
 
 async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings, jobs, posemesh):
     from tests.conftest import running_worker
-    from tests.peers.fake_ollama import FakeOllama
+    from devpeers.fake_ollama import FakeOllama
 
     with FakeOllama(["llama3:latest"], pullable=set()) as ollama:
         job = (await jobs.CreateJob(create_request())).job
@@ -264,7 +264,7 @@ async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings
 async def test_a_long_job_overflowing_the_llm_context_still_finds_its_task(settings, jobs, posemesh, fake_ollama):
     """300 photos, a red stretch in the middle, an LLM context of 4096 tokens."""
     from tests.conftest import running_worker
-    from tests.images import solid_jpeg
+    from devpeers.images import solid_jpeg
 
     domain = posemesh.add_domain("5d1e9a52-3c1c-4b7e-9a51-7f4c2b1e0a11")
     ids = []

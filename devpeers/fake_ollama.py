@@ -17,7 +17,7 @@ of rows whose event names the colour the task names).
     with FakeOllama(latency=0.1) as fake:
         ollama.Client(fake.url).generate("moondream:1.8b", "what?", images=[jpeg])
 
-Standalone: python -m tests.peers.fake_ollama --port 11434 --latency 0.2 --num-parallel 4
+Standalone: python -m devpeers.fake_ollama --port 11434 --latency 0.2 --num-parallel 4
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.peers.http_server import HANG_POLL, Peer, ThreadedServer
+from devpeers.http_server import HANG_POLL, Peer, ThreadedServer
 
 VERSION = "0.32.15"
 # ollama/ollama v0.32.15: envconfig/config.go (OLLAMA_NUM_PARALLEL, OLLAMA_MAX_QUEUE), server/routes.go

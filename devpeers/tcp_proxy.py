@@ -5,7 +5,7 @@ node as a network partition or a dead host would, and give it back.
 every connection through the proxy; `restore()` listens on the same port
 again. In a test it runs in the test's event loop; as a process
 
-    python -m tests.peers.tcp_proxy --port 6543 --upstream 127.0.0.1:5432
+    python -m devpeers.tcp_proxy --port 6543 --upstream 127.0.0.1:5432
 
 it is cut by SIGUSR1 and restored by SIGUSR2 (a benchmark's control), and
 stops on SIGTERM.

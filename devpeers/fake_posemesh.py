@@ -42,8 +42,8 @@ bytes went out, once per answer) and bytes_sent (body bytes of data answers).
 
 Run standalone for a demo:
 
-    python -m tests.peers.fake_posemesh --port 8090 --demo
-    python -m tests.peers.fake_posemesh --port 8090 --seed-dir DIR
+    python -m devpeers.fake_posemesh --port 8090 --demo
+    python -m devpeers.fake_posemesh --port 8090 --seed-dir DIR
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.peers.http_server import Peer, ThreadedServer
+from devpeers.http_server import Peer, ThreadedServer
 
 DEMO_DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
 DEMO_EMAIL = "demo@vlm-node.local"

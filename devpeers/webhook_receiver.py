@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tests.peers.http_server import Peer, ThreadedServer
+from devpeers.http_server import Peer, ThreadedServer
 
 MODES = ("ok", "down", "hang")
 
