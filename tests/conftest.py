@@ -1,14 +1,10 @@
 """Shared fixtures: a real PostgreSQL (POSTGRES_URL, or a private server the
-session starts), and a fresh migrated database for every test."""
+session starts), a fresh migrated database for every test, the fake peers,
+the node, and Chromium. Helpers that are not fixtures are in fixtures.py."""
 
 import asyncio
-import contextlib
-import dataclasses
-import inspect
 import os
-import socket
 import subprocess
-import sys
 import uuid
 
 import psycopg
@@ -16,6 +12,7 @@ import pytest
 
 from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
+from tests.fixtures import COLOURS, DOMAIN_ID, running_worker
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +31,6 @@ def postgres_url():
 @pytest.fixture(scope="session")
 def template_db(postgres_url):
     """A migrated database that each test's database is copied from."""
-    import asyncio
 
     name = f"vlmnode_tmpl_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
@@ -70,10 +66,6 @@ async def store(database_url):
 
 
 # Peers: small real HTTP servers speaking the real protocols.
-
-DOMAIN_ID = "23d60e61-6978-4f6b-a59d-9ffa027755fc"
-COLOURS = ["white", "red", "red", "blue", "red", "green"]
-
 
 @pytest.fixture
 def fake_ollama():
@@ -153,75 +145,10 @@ async def jobs(node):
         yield jobs_pb2_grpc.JobServiceStub(channel)
 
 
-@contextlib.asynccontextmanager
-async def running_worker(settings, pipelines=None):
-    """A worker running in this test's event loop until the block ends; with
-    `pipelines`, a worker of those, which use no peer."""
-    import asyncio
-
-    from server.peers import domain_client, ollama_engine
-    from worker.pipelines import PIPELINES, Peers
-    from worker.runner import Worker
-
-    store = JobStore(settings.postgres_url, max_size=4)
-    await store.open()
-    if pipelines is None:
-        peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
-    else:
-        peers = Peers(settings=settings, engine=None, domain=None)
-    w = Worker(store, peers, worker_name="test-worker", pipelines=pipelines or PIPELINES)
-    task = asyncio.create_task(w.run())
-    try:
-        yield w
-    finally:
-        w.stop()
-        await asyncio.wait_for(task, 10)
-        for peer in (peers.engine, peers.domain):
-            if peer is not None:
-                await peer.aclose()
-        await store.close()
-
-
 @pytest.fixture
 async def worker(settings):
     async with running_worker(settings) as w:
         yield w
-
-
-@contextlib.asynccontextmanager
-async def running_bridge(target: str, settings=None, **app_options):
-    """The bridge app under uvicorn, in this test's event loop, on a free
-    local port, configured as `python -m server.bridge.main` configures it.
-    Yields its base URL."""
-    import asyncio
-    import socket
-
-    import uvicorn
-
-    from server.bridge.app import create_app
-    from server.bridge.main import uvicorn_options
-    from server.config import Settings
-
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that
-    # say so, and without it each answer waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    options = uvicorn_options(settings or Settings())
-    app = create_app(target, **app_options)
-    config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=2, **options)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
 
 
 @pytest.fixture(scope="session")
@@ -242,41 +169,6 @@ def tls_files(tmp_path_factory):
 # Real processes.
 
 
-def settings_env(settings, **overrides) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "OLLAMA_", "JOB_"))}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if value not in ("", None):
-            env[f.name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update({k: str(v) for k, v in overrides.items()})
-    return env
-
-
-def start_worker(settings, **overrides) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "worker.main"], env=settings_env(settings, **overrides))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def wait_for(predicate, timeout: float = 15.0, every: float = 0.05):
-    """Polls `predicate` (plain or async) until it returns something true."""
-    deadline = asyncio.get_running_loop().time() + timeout
-
-    async def check():
-        result = predicate()
-        return await result if inspect.isawaitable(result) else result
-
-    while not (result := await check()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(every)
-    return result
-
-
 @pytest.fixture
 def processes():
     started: list[subprocess.Popen] = []
@@ -285,3 +177,48 @@ def processes():
         if p.poll() is None:
             p.kill()
         p.wait(10)
+
+
+# Chromium, for the console's pages and the original node's UI.
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _need(what: str) -> None:
+    message = f"browser tests need {what}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: failing instead of skipping)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def chromium():
+    """Launches chromium with extra arguments; closes what it launched."""
+    if not os.access(CHROMIUM, os.X_OK):
+        _need(f"Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        _need("the playwright Python package (pip install -e '.[dev]')")
+    async with async_playwright() as playwright:
+        browsers = []
+
+        async def launch(*extra_args):
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
+            browsers.append(browser)
+            return browser
+
+        try:
+            yield launch
+        finally:
+            for browser in browsers:
+                await browser.close()

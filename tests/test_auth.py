@@ -18,9 +18,9 @@ from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from server.auth import Tokens
 from server.bridge.auth import QUERY_TOKEN_REFUSED
 from server.grpc_server import NodeServer
-from tests.conftest import running_bridge
+from tests.fixtures import running_bridge
 from devpeers.images import solid_jpeg
-from tests.test_job_service import create_request
+from tests.fixtures import create_request
 
 TOKEN = "s3cr3t-token-for-tests"
 AUTH = [("authorization", f"Bearer {TOKEN}")]

@@ -5,7 +5,7 @@ import asyncio
 
 import httpx
 
-from tests.conftest import running_bridge
+from tests.fixtures import running_bridge
 
 
 async def test_ready_when_everything_serves(node):

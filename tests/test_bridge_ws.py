@@ -17,9 +17,9 @@ from websockets.exceptions import ConnectionClosed
 
 from server.grpc_server import NodeServer
 from server.realtime import RealtimeLimits
-from tests.conftest import running_bridge, wait_for
+from tests.fixtures import running_bridge, wait_for
 from devpeers.images import solid_jpeg
-from tests.test_typescript_client import PACKAGE, run
+from tests.fixtures import TYPESCRIPT_CLIENT, run_in_typescript_client
 
 NO_PROMPT = "No prompt received for image batch"
 MAX_BAD_FRAMES = RealtimeLimits().max_bad_frames
@@ -296,8 +296,8 @@ async def test_ollama_down_is_said_before_closing(ws_url, fake_ollama):
 @pytest.mark.parametrize("query", ["", "?format=text"])
 async def test_the_original_javascript_client(ws_url, tmp_path, query):
     """The README's client, unchanged, reads binary answers (as Blobs) and text ones."""
-    if not (PACKAGE / "node_modules" / "typescript").exists():
-        await run("npm", "ci", "--no-audit", "--no-fund", timeout=300)
+    if not (TYPESCRIPT_CLIENT / "node_modules" / "typescript").exists():
+        await run_in_typescript_client("npm", "ci", "--no-audit", "--no-fund", timeout=300)
     photos = []
     for colour in ("red", "green"):
         path = tmp_path / f"{colour}.jpg"

@@ -8,7 +8,6 @@ Screenshots of the main pages go to artifacts/console/. Without
 
 import contextlib
 import dataclasses
-import os
 import posixpath
 import re
 import uuid
@@ -19,7 +18,7 @@ import pytest
 
 from server.auth import Tokens
 from server.grpc_server import NodeServer
-from tests.conftest import DOMAIN_ID, running_bridge
+from tests.fixtures import DOMAIN_ID, TIMEOUT_MS, running_bridge
 from devpeers.images import solid_jpeg
 
 try:
@@ -27,53 +26,13 @@ try:
 except ImportError:  # the `chromium` fixture says what is missing
     async_playwright = expect = None
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 # A fake camera that grants itself: for the live view's getUserMedia path.
 FAKE_CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 STATIC = Path(__file__).resolve().parent.parent / "server" / "bridge" / "static"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "console"
-TIMEOUT_MS = 15_000
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
 TASK_INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
-
-
-def _need(what: str) -> None:
-    message = f"console tests need {what}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message + " (CI=true: failing instead of skipping)")
-    pytest.skip(message)
-
-
-@pytest.fixture
-async def chromium():
-    """Launches chromium with extra arguments; closes what it launched."""
-    if not os.access(CHROMIUM, os.X_OK):
-        _need(f"Debian's chromium at {CHROMIUM} (apt-get install chromium)")
-    if async_playwright is None:
-        _need("the playwright Python package (pip install -e '.[dev]')")
-    async with async_playwright() as playwright:
-        browsers = []
-
-        async def launch(*extra_args):
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
-            browsers.append(browser)
-            return browser
-
-        try:
-            yield launch
-        finally:
-            for browser in browsers:
-                await browser.close()
 
 
 class Console:

@@ -23,9 +23,9 @@ from server import job_service
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
 from server.store import JOB_EVENTS_CHANNEL, UNAVAILABLE, DatabaseUnavailable, JobStore
-from tests.conftest import free_port, settings_env, start_worker, wait_for
+from tests.fixtures import free_port, settings_env, start_worker, wait_for
 from devpeers.tcp_proxy import CuttableProxy
-from tests.test_job_service import create_request, struct
+from tests.fixtures import create_request, struct
 
 BOUND = 5.0  # seconds: a generous bound on "at once", never a measured figure
 

@@ -12,7 +12,7 @@ from server import metrics
 from server.engine import METRICS, OllamaEngine
 from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.retry import RetryStrategy
-from tests.conftest import wait_for
+from tests.fixtures import wait_for
 from devpeers.images import solid_jpeg
 from devpeers.fake_ollama import FakeOllama
 

@@ -12,7 +12,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.conftest import wait_for
+from tests.fixtures import wait_for
 from devpeers.images import solid_jpeg
 from devpeers.fake_ollama import MAX_QUEUE_MESSAGE, FakeOllama, count_tokens
 

@@ -16,10 +16,10 @@ from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
-from tests.conftest import free_port, running_worker, settings_env, start_worker, wait_for
+from tests.fixtures import free_port, running_worker, settings_env, start_worker, wait_for
 from devpeers.images import solid_jpeg
-from tests.test_job_service import INPUT, create_request, struct
-from tests.test_worker import wait_final
+from tests.fixtures import INPUT, create_request, struct
+from tests.fixtures import wait_final
 
 FAULTS = {
     # name: (how to break the peer, the job's error code, words in its message)

@@ -22,8 +22,8 @@ from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server.auth import Tokens
 from server.grpc_server import NodeServer
-from tests.conftest import running_bridge
-from tests.test_job_service import create_request
+from tests.fixtures import running_bridge
+from tests.fixtures import create_request
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))  # per operation and phase
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

@@ -15,7 +15,7 @@ from vlmnode.v1 import inference_pb2_grpc
 
 from server.images import MAX_PIXELS
 from server.realtime import RealtimeLimits
-from tests.conftest import free_port, settings_env
+from tests.fixtures import free_port, settings_env
 
 STREAMS = 10
 FRAMES = 5  # a stream's batch

@@ -14,7 +14,7 @@ from PIL import Image
 from server import images
 from server.errors import BadInput
 from server.images import MAX_PIXELS, PreparedImage, check_image, prepare_image
-from tests.conftest import wait_for
+from tests.fixtures import wait_for
 from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
 
 

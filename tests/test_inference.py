@@ -11,7 +11,7 @@ from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 from server.grpc_server import NodeServer
 from server.realtime import NO_PROMPT, TILED, RealtimeLimits
-from tests.conftest import wait_for
+from tests.fixtures import wait_for
 from devpeers.images import solid_jpeg
 
 pb = inference_pb2

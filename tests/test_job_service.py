@@ -3,33 +3,10 @@
 import uuid
 
 import grpc
-import pytest
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from vlmnode.v1 import jobs_pb2
 
-from tests.conftest import DOMAIN_ID
-
-INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
-
-
-def struct(value: dict) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(value)
-    return s
-
-
-def create_request(**kw) -> jobs_pb2.CreateJobRequest:
-    args = dict(job_type="task_timing_v1", domain_id=DOMAIN_ID, query=struct({"ids": []}), input=struct(INPUT))
-    args.update(kw)
-    return jobs_pb2.CreateJobRequest(**args)
-
-
-async def expect_error(call, code: grpc.StatusCode, match: str):
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    assert info.value.code() == code, info.value.details()
-    assert match in info.value.details()
+from tests.fixtures import DOMAIN_ID, INPUT, create_request, expect_error, struct
 
 
 async def test_create_get_list(jobs):

@@ -18,9 +18,9 @@ import websockets
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server import logs
-from tests.conftest import free_port, settings_env, wait_for
+from tests.fixtures import free_port, settings_env, wait_for
 from devpeers.images import solid_jpeg
-from tests.test_job_service import create_request, struct
+from tests.fixtures import create_request, struct
 
 TOKEN = "tok-5b2e7c91d4a8f6e0"
 WRONG = "wrong-9f3a1c77e2b4"

@@ -10,8 +10,7 @@ import http.server
 import threading
 from pathlib import Path
 
-from tests.conftest import DOMAIN_ID, running_bridge, wait_for
-from tests.test_console import TIMEOUT_MS, chromium  # noqa: F401 (a fixture)
+from tests.fixtures import DOMAIN_ID, TIMEOUT_MS, running_bridge, wait_for
 
 PAGES = Path(__file__).resolve().parent / "js"
 VLM_PROMPT, PROMPT = "Describe the image", "When was the red box on the shelf?"

@@ -34,9 +34,22 @@ from server import images
 from server.domain import DomainClient, DomainQuery, validate_domain_id, validate_query
 from server.errors import BadInput, PeerUnavailable
 from server.jobs import JOB_TYPES, MAX_PROMPT_CHARS, JobInput, validate_input, validate_job
-from server.realtime import RealtimeLimits, StreamSettings, stream_settings
-from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
-from tests.property_counts import Counts, bounded, keep_hypothesis_files_in_artifacts
+from server.realtime import StreamSettings, stream_settings
+from tests.property_support import (
+    LIMITS,
+    SEEDS,
+    Counts,
+    bounded,
+    json_values,
+    keep_hypothesis_files_in_artifacts,
+    mutated_images,
+    near_inputs,
+    near_queries,
+    one_line,
+    stream_configs,
+    uuid_like,
+    uuids,
+)
 
 keep_hypothesis_files_in_artifacts()
 
@@ -48,74 +61,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.*")
 _report_counts = COUNTS.fixture()
 
 
-def one_line(message: object) -> None:
-    assert isinstance(message, str) and message.strip(), f"empty message {message!r}"
-    assert len(message.splitlines()) == 1, f"message is not one line: {message!r}"
-    assert "Traceback" not in message
-
-
-# --------------------------------------------------------------------------- JSON-like values
-
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**63),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=30),
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=5),
-        st.dictionaries(st.text(max_size=12), children, max_size=5),
-    ),
-    max_leaves=25,
-)
-
-uuids = st.uuids().map(str)
-uuid_like = st.one_of(
-    uuids,
-    uuids.map(str.upper),
-    uuids.map(lambda u: f" {u}\t"),
-    uuids.map(lambda u: u.replace("-", "")),
-    uuids.map(lambda u: u[:-1] + "g"),
-    uuids.map(lambda u: u + "\n"),
-    st.text(max_size=40),
-)
-filter_text = st.one_of(
-    st.text(max_size=20),
-    st.text(alphabet=string.ascii_letters + string.digits + "_-. ", min_size=1, max_size=20),
-    st.text(min_size=250, max_size=260),
-)
-# Queries close to valid, so the checks past the first are reached too.
-near_queries = st.one_of(
-    json_values,
-    st.fixed_dictionaries(
-        {"ids": st.one_of(st.lists(uuid_like, max_size=6), json_values)},
-        optional={"name": st.one_of(filter_text, json_values), "data_type": st.one_of(filter_text, json_values),
-                  "extra": json_values},
-    ),
-)
-prompt_text = st.one_of(
-    st.text(max_size=40),
-    st.just(""),
-    st.just("   \n"),
-    st.integers(MAX_PROMPT_CHARS - 1, MAX_PROMPT_CHARS + 1).map(lambda n: "p" * n),
-)
-url_text = st.one_of(
-    st.just(""),
-    st.sampled_from(["https://example.com/hook", "http://h:1/x", "ftp://example.com", "http://", "example.com",
-                     " https://example.com/hook ", "javascript:alert(1)"]),
-    st.text(max_size=30),
-)
-near_inputs = st.one_of(
-    json_values,
-    st.fixed_dictionaries(
-        {},
-        optional={"prompt": st.one_of(prompt_text, json_values), "vlm_prompt": st.one_of(prompt_text, json_values),
-                  "webhook_url": st.one_of(url_text, json_values), "other": json_values},
-    ),
-)
 job_types = st.one_of(
     st.sampled_from(JOB_TYPES),
     st.sampled_from(JOB_TYPES),
@@ -214,32 +159,6 @@ def test_refusals_are_one_line(job_type, domain_id, query, data):
             one_line(exc.message)
 
 
-# --------------------------------------------------------------------------- realtime stream configs
-
-LIMITS = RealtimeLimits()
-int32s = st.integers(-(2**31), 2**31 - 1)
-
-
-def mostly(valid, invalid):
-    """Valid values three times in four, so that checks past the first are reached."""
-    return st.one_of(valid, valid, valid, invalid)
-
-
-stream_configs = st.builds(
-    lambda model, prompt, batch, num_predict, temperature, flush: pb.StreamConfig(
-        model=model, prompt=prompt, batch_size=batch, num_predict=num_predict, flush_after_seconds=flush,
-        **({} if temperature is None else {"temperature": temperature}),
-    ),
-    mostly(st.sampled_from(["", "moondream:1.8b", "llava"]), st.text(max_size=210)),
-    mostly(st.text(max_size=20), prompt_text),
-    mostly(st.integers(0, LIMITS.max_batch), st.one_of(int32s, st.integers(-2, LIMITS.max_batch + 2))),
-    mostly(st.integers(0, LIMITS.max_num_predict), st.one_of(int32s, st.integers(8190, 8194))),
-    mostly(st.one_of(st.none(), st.floats(0, 2, width=32)), st.floats(width=32)),
-    mostly(st.one_of(st.just(0.0), st.floats(-10, 3600)),
-           st.one_of(st.floats(), st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 3600.0001]))),
-)
-
-
 @bounded(500)
 @given(stream_configs)
 @example(pb.StreamConfig(flush_after_seconds=math.nan))  # found by this test
@@ -263,72 +182,6 @@ def test_stream_settings(config):
     assert result.flush_after is None or (math.isfinite(result.flush_after) and 0 < result.flush_after <= 3600), (
         f"flush_after_seconds={config.flush_after_seconds!r} gives flush_after={result.flush_after!r}"
     )
-
-
-# --------------------------------------------------------------------------- images
-
-
-def _png(mode: str, color, size=(40, 30), **save) -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, size, color).save(out, "PNG", **save)
-    return out.getvalue()
-
-
-def _encoded(fmt: str, mode: str = "RGB", size=(40, 30), color="green", **save) -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, size, color).save(out, fmt, **save)
-    return out.getvalue()
-
-
-def _gradient_jpeg() -> bytes:
-    image = Image.linear_gradient("L").resize((80, 60)).convert("RGB")
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=90, progressive=True)
-    return out.getvalue()
-
-
-SEEDS = {
-    "jpeg": solid_jpeg("red"),
-    "jpeg_exif": solid_jpeg("blue", exif_datetime="2025:08:10 16:40:00", orientation=6),
-    "jpeg_big": solid_jpeg("white", size=(1500, 20)),
-    "jpeg_two_tone": two_tone_jpeg(orientation=3),
-    "jpeg_progressive": _gradient_jpeg(),
-    "jpeg_grey": _encoded("JPEG", "L", color=128),
-    "jpeg_cmyk": _encoded("JPEG", "CMYK", color=(0, 0, 0, 255)),
-    "png_rgba": solid_png(),
-    "png_palette": _png("P", 3, transparency=3),
-    "png_grey": _png("L", 200),
-    "png_16bit": _png("I;16", 1000),
-    "png_la": _png("LA", (100, 50)),
-    "png_bomb_header": png_header_only(50_000, 50_000),
-    "gif": _encoded("GIF", "P", color=5),
-    "bmp": _encoded("BMP"),
-    "tiff": _encoded("TIFF"),
-    "webp": _encoded("WEBP"),
-}
-
-
-@st.composite
-def mutated_images(draw) -> bytes:
-    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
-    for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["flip", "truncate", "insert", "delete", "overwrite", "header"]))
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "flip" and data:
-            data[at] ^= draw(st.integers(1, 255))
-        elif kind == "truncate":
-            del data[at:]
-        elif kind == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-        elif kind == "delete":
-            del data[at : at + draw(st.integers(1, 64))]
-        elif kind == "overwrite":
-            chunk = draw(st.binary(min_size=1, max_size=8))
-            data[at : at + len(chunk)] = chunk
-        elif kind == "header":  # the first bytes hold the format, sizes and offsets
-            header_at = draw(st.integers(0, min(len(data), 64)))
-            data[header_at : header_at + 2] = draw(st.binary(min_size=2, max_size=2))
-    return bytes(data)
 
 
 image_bytes = st.one_of(st.binary(max_size=200), mutated_images())

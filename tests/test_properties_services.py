@@ -42,11 +42,13 @@ from server.errors import BadInput
 from server.grpc_server import MESSAGE_OVERHEAD, NodeServer
 from server.images import check_image
 from server.realtime import NO_PROMPT, RealtimeLimits, stream_settings
-from tests.conftest import DOMAIN_ID, running_bridge
+from tests.fixtures import DOMAIN_ID, running_bridge
 from devpeers.images import solid_jpeg, solid_png
-from tests.property_counts import Counts, bounded, keep_hypothesis_files_in_artifacts
-from tests.test_properties import (
+from tests.property_support import (
+    Counts,
+    bounded,
     json_values,
+    keep_hypothesis_files_in_artifacts,
     mostly,
     mutated_images,
     near_inputs,

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.conftest import DOMAIN_ID
+from tests.fixtures import DOMAIN_ID
 from devpeers.images import solid_jpeg
 from vlmnode import (
     AnswerChunk,

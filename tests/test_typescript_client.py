@@ -2,49 +2,21 @@
 and runs its own Node tests while this test's event loop serves gRPC, runs
 jobs (worker) and answers as the fake Ollama."""
 
-import asyncio
 import dataclasses
-import os
 import shutil
-from pathlib import Path
 
-import pytest
 
 from server.grpc_server import NodeServer
-from tests.conftest import DOMAIN_ID
-
-PACKAGE = Path(__file__).resolve().parent.parent / "clients" / "typescript"
-
-
-async def run(*command: str, env: dict[str, str] | None = None, timeout: float = 120) -> str:
-    """Runs a command in the package without blocking the event loop; fails
-    the test with its output unless it exits 0."""
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=PACKAGE,
-        env={**os.environ, **(env or {})},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        process.kill()
-        out, _ = await process.communicate()
-        pytest.fail(f"{' '.join(command)} took over {timeout} s:\n{out.decode(errors='replace')}")
-    text = out.decode(errors="replace")
-    assert process.returncode == 0, f"{' '.join(command)} exited {process.returncode}:\n{text}"
-    return text
+from tests.fixtures import DOMAIN_ID, TYPESCRIPT_CLIENT, run_in_typescript_client
 
 
 async def test_typescript_client_against_a_real_node(node, worker, posemesh, fake_ollama, settings, tls_files):
     assert shutil.which("npm") and shutil.which("node"), "the TypeScript client needs Node.js 20+ and npm on PATH"
     # Install from the lock when node_modules is missing or older than the lock.
-    installed = PACKAGE / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < (PACKAGE / "package-lock.json").stat().st_mtime:
-        await run("npm", "ci", "--no-audit", "--no-fund", timeout=300)
-    await run("npm", "run", "build")
+    installed = TYPESCRIPT_CLIENT / "node_modules" / ".package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < (TYPESCRIPT_CLIENT / "package-lock.json").stat().st_mtime:
+        await run_in_typescript_client("npm", "ci", "--no-audit", "--no-fund", timeout=300)
+    await run_in_typescript_client("npm", "run", "build")
     url = f"http://127.0.0.1:{node.port}"
     # A token at a time, as a model writes them: the node merges text that
     # arrives while it is still sending, so an answer given at once may be one chunk.
@@ -52,7 +24,7 @@ async def test_typescript_client_against_a_real_node(node, worker, posemesh, fak
 
     # The example glasses app streams the fixture folder, one frame per answer.
     example = ["node", "dist/examples/stream-folder.js", "test/fixtures", "--prompt", "What colour?"]
-    out = await run(*example, "--batch-size", "1", "--url", url, "--token", "t0ken")
+    out = await run_in_typescript_client(*example, "--batch-size", "1", "--url", url, "--token", "t0ken")
     assert out.splitlines() == [
         "answer 1: a 64x48 image, mostly blue",
         "  frames: blue.jpg",
@@ -66,7 +38,7 @@ async def test_typescript_client_against_a_real_node(node, worker, posemesh, fak
     ))
     await secured.start()
     try:
-        out = await run("npm", "test", env={
+        out = await run_in_typescript_client("npm", "test", env={
             "VLMNODE_URL": url, "VLMNODE_DOMAIN_ID": DOMAIN_ID, "NO_COLOR": "1",
             "VLMNODE_TLS_URL": f"https://localhost:{secured.port}", "VLMNODE_CA_FILE": tls_files["ca.pem"],
             "VLMNODE_TOKEN": "t0ken",

@@ -7,10 +7,10 @@ import uuid
 
 from vlmnode.v1 import jobs_pb2
 
-from tests.conftest import DOMAIN_ID
+from tests.fixtures import DOMAIN_ID
 from devpeers.fake_posemesh import INVALID_DOMAIN_TOKEN
-from tests.test_job_service import INPUT, create_request, struct
-from tests.test_worker import as_dict, vlm_requests, wait_final
+from tests.fixtures import INPUT, create_request, struct
+from tests.fixtures import as_dict, vlm_requests, wait_final
 from worker.upload import RESULT_DATA_TYPE
 
 UPLOAD = {**INPUT, "upload_results": True}

@@ -24,10 +24,10 @@ from server.destinations import Destinations
 from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.grpc_server import NodeServer
 from server.retry import RetryStrategy
-from tests.conftest import running_bridge, running_worker
+from tests.fixtures import running_bridge, running_worker
 from devpeers.webhook_receiver import WebhookReceiver
-from tests.test_job_service import INPUT, create_request, struct
-from tests.test_worker import wait_final
+from tests.fixtures import INPUT, create_request, struct
+from tests.fixtures import wait_final
 from worker.webhook import deliver, encode_body, sign
 
 FAST = RetryStrategy(max_attempts=4, wait=0.01, max_wait=0.05, jitter=0.0)

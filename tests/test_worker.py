@@ -11,26 +11,9 @@ from datetime import datetime, timezone
 
 from vlmnode.v1 import jobs_pb2
 
-from tests.conftest import COLOURS, DOMAIN_ID, running_worker
+from tests.fixtures import COLOURS, DOMAIN_ID, as_dict, running_worker, vlm_requests, wait_final
 from devpeers.images import solid_jpeg
-from tests.test_job_service import INPUT, create_request, struct
-
-FINAL = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
-
-
-async def wait_final(jobs, job_id: str, timeout: float = 20) -> jobs_pb2.Job:
-    async def watch():
-        async for event in jobs.WatchJob(jobs_pb2.WatchJobRequest(id=job_id)):
-            if event.job.status in FINAL:
-                return event.job
-
-    return await asyncio.wait_for(watch(), timeout)
-
-
-def as_dict(message) -> dict:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(message)
+from tests.fixtures import INPUT, create_request, struct
 
 
 async def test_task_timing_finds_start_and_end(jobs, worker, webhook, posemesh, fake_ollama):
@@ -184,10 +167,6 @@ async def test_retry_runs_a_finished_job_again(jobs, worker):
     assert task["start"]["image_id"] == task["end"]["image_id"]  # the single blue photo
 
 
-def vlm_requests(fake_ollama) -> list[dict]:
-    return [r for r in fake_ollama.requests if r["images"]]
-
-
 async def test_only_the_images_of_a_domain_are_downloaded(jobs, worker, posemesh):
     done = await wait_final(jobs, (await jobs.CreateJob(create_request())).job.id)
     assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
@@ -237,7 +216,7 @@ async def test_a_retry_with_a_new_vlm_prompt_captions_again(jobs, worker, fake_o
 
 
 async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings, jobs, posemesh):
-    from tests.conftest import running_worker
+    from tests.fixtures import running_worker
     from devpeers.fake_ollama import FakeOllama
 
     with FakeOllama(["llama3:latest"]) as ollama:  # the VLM is not there yet
@@ -250,7 +229,7 @@ async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings,
 
 
 async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings, jobs, posemesh):
-    from tests.conftest import running_worker
+    from tests.fixtures import running_worker
     from devpeers.fake_ollama import FakeOllama
 
     with FakeOllama(["llama3:latest"], pullable=set()) as ollama:
@@ -263,7 +242,7 @@ async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings
 
 async def test_a_long_job_overflowing_the_llm_context_still_finds_its_task(settings, jobs, posemesh, fake_ollama):
     """300 photos, a red stretch in the middle, an LLM context of 4096 tokens."""
-    from tests.conftest import running_worker
+    from tests.fixtures import running_worker
     from devpeers.images import solid_jpeg
 
     domain = posemesh.add_domain("5d1e9a52-3c1c-4b7e-9a51-7f4c2b1e0a11")
@@ -281,7 +260,6 @@ async def test_a_long_job_overflowing_the_llm_context_still_finds_its_task(setti
     assert output["decision"]["windows"] > 1
     llm = [r for r in fake_ollama.requests if r["format"]]
     assert all(not r["truncated"] for r in llm) and {r["num_ctx"] for r in llm} == {4096}
-
 
 
 # A bad day: transient failures waited out for a time, and jobs that keep their place.
@@ -304,7 +282,7 @@ async def test_an_ollama_outage_longer_than_the_old_retry_budget_is_waited_out(s
     """The old budget, 5 attempts, was spent in about 30 s: a 35 s restart of
     Ollama failed every queued job for good. Now a job waits out JOB_RETRY_FOR,
     and the node's default max_attempts does not end it sooner."""
-    from tests.conftest import running_worker, wait_for
+    from tests.fixtures import running_worker, wait_for
 
     async with running_worker(quick_retries(settings, job_retry_for=60)) as worker:
         fake_ollama.stop()
@@ -320,7 +298,7 @@ async def test_an_ollama_outage_longer_than_the_old_retry_budget_is_waited_out(s
 
 
 async def test_a_spent_retry_budget_fails_the_job_saying_what_it_waited_for(settings, jobs, fake_ollama):
-    from tests.conftest import running_worker
+    from tests.fixtures import running_worker
 
     fake_ollama.stop()
     async with running_worker(quick_retries(settings, job_retry_for=1.5)):
@@ -375,7 +353,7 @@ async def test_a_job_taken_back_from_a_dead_worker_goes_before_newer_jobs(settin
     """A worker dies holding the oldest job; by the time its lease runs out
     newer jobs are waiting. The job taken back runs first."""
     from server.store import JobStore
-    from tests.conftest import running_worker
+    from tests.fixtures import running_worker
 
     store = JobStore(settings.postgres_url, max_size=2)
     await store.open()

@@ -10,9 +10,9 @@ import uuid
 from vlmnode.v1 import jobs_pb2
 
 from server.store import JobStore
-from tests.conftest import settings_env, start_worker, wait_for
-from tests.test_job_service import INPUT, create_request, struct
-from tests.test_worker import wait_final
+from tests.fixtures import settings_env, start_worker, wait_for
+from tests.fixtures import INPUT, create_request, struct
+from tests.fixtures import wait_final
 from worker.captions import recipe
 
 
