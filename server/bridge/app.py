@@ -5,16 +5,19 @@ Around every route, outermost first: `X-Content-Type-Options: nosniff` on
 every answer; the origin check and CORS (server/bridge/auth.py); the token."""
 
 import contextlib
+from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.types import ExceptionHandler
 from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.auth import Tokens
-from server.bridge import console, health, rest, websocket
+from server.bridge import console, health, openapi, rest, websocket
 from server.bridge.auth import CheckOrigin, Origins, RequireToken
 from server.bridge.errors import grpc_error_handler, http_error_handler
 from server.nosniff import NoSniff
@@ -39,7 +42,7 @@ def create_app(
     origins = origins or Origins()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         options = [
             ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
             ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
@@ -56,13 +59,17 @@ def create_app(
             yield
 
     app = Starlette(
-        routes=[*rest.routes, *websocket.routes, *health.routes, *console.routes],
+        routes=[*rest.routes, *openapi.routes, *websocket.routes, *health.routes, *console.routes],
         middleware=[
             Middleware(NoSniff),
             Middleware(CheckOrigin, origins=origins),
             Middleware(RequireToken, tokens=tokens),
         ],
-        exception_handlers={grpc.aio.AioRpcError: grpc_error_handler, HTTPException: http_error_handler},
+        # Starlette types every handler as taking any Exception; each of these takes the one it is registered for.
+        exception_handlers={
+            grpc.aio.AioRpcError: cast(ExceptionHandler, grpc_error_handler),
+            HTTPException: cast(ExceptionHandler, http_error_handler),
+        },
         lifespan=lifespan,
     )
     app.state.sse_ping_interval = sse_ping_interval

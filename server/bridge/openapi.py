@@ -1,21 +1,29 @@
-"""The bridge's OpenAPI 3.1 document, served at /openapi.json. Written by hand
-to match what the bridge answers: server/bridge/rest.py (and the WebSocket,
-health and metrics endpoints, the token and origin checks of
-server/bridge/auth.py, the headers of server/bridge/app.py).
-tests/test_bridge_rest.py checks that it lists every REST route, and
+"""The bridge's OpenAPI 3.1 document, served at /openapi.json.
+
+Its JobService paths are built from the protos' google.api.http annotations
+(server/bridge/http_rules.py), as the REST routes are (server/bridge/rest.py);
+what each operation takes and answers is written here once, in OPERATIONS,
+as are the component schemas: the original node's JSON, not the protos' JSON
+mapping. The other paths (the WebSocket, health, metrics, this document) and
+the token and origin checks (server/bridge/auth.py) are described by hand.
+tests/test_rest_surface.py checks the document against the routes, and
 tests/test_fuzz_openapi.py runs schemathesis against it with every check."""
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-STATUSES = ["pending", "running", "completing", "uploading", "completed", "failed", "cancelling", "cancelled"]
-JOB_TYPES = ["task_timing_v1", "vlm_only"]
+from server import domain, jobs
+from server.bridge import http_rules, rest
+
+STATUSES = list(rest.STATUSES)
+JOB_TYPES = list(jobs.JOB_TYPES)
 INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
-MAX_TEXT = 8000  # characters of a prompt or a webhook URL (server/jobs.py)
-MAX_FILTER = 256  # characters of query.name and query.data_type (server/domain.py)
-MAX_OFFSET = 10_000_000  # server/store.py MAX_LIST_OFFSET
-FORBIDDEN_IN_FILTERS = r';!?<>\[\]{}()/\\"$#@*^&|~%=+'  # server/domain.py FORBIDDEN_CHARS, as a class
+MAX_TEXT = jobs.MAX_PROMPT_CHARS  # characters of a prompt or a webhook URL
+MAX_FILTER = domain.MAX_FILTER_LEN  # characters of query.name and query.data_type
+MAX_OFFSET = 10_000_000  # server/store.py MAX_LIST_OFFSET (the bridge reaches no store; a test compares them)
+# server/domain.py FORBIDDEN_CHARS as a class of a JSON Schema pattern (ECMA 262).
+FORBIDDEN_IN_FILTERS = "".join("\\" + c if c in "\\[]^-" else c for c in sorted(domain.FORBIDDEN_CHARS))
 
 
 EMPTY = {"type": "string", "maxLength": 0}  # `?limit=`: as if absent, as the original README writes it
@@ -94,6 +102,264 @@ def PIPELINE(job_type: str) -> dict:  # noqa: N802 (a schema, like the constants
     return {"type": ["string", "null"], "enum": [job_type, "", None],
             "description": "The pipeline that runs, as the original worker read it; absent: the job's type."}
 
+# The operation of each JobService RPC, keyed by its name; its method and path
+# come from the RPC's google.api.http annotation (server/bridge/http_rules.py),
+# and _rpc_paths adds what every one has: its operationId, the path's
+# parameters, the refusals of a body (with one) and of /api/.
+OPERATIONS: dict[str, dict] = {
+    "ListJobs": {
+        "summary": "List jobs, newest first",
+        "parameters": [
+            {
+                "name": "limit",
+                "in": "query",
+                "description": "1 to 1000; absent or empty means 100; 0 answers an empty list, as the original did.",
+                "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 1000}, EMPTY]},
+            },
+            {
+                "name": "offset",
+                "in": "query",
+                "description": "Absent or empty: 0.",
+                "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, EMPTY]},
+            },
+            {
+                "name": "status",
+                "in": "query",
+                "description": "Absent or empty: any.",
+                "schema": {"type": "string", "enum": [*STATUSES, ""]},
+            },
+            {
+                "name": "job_type",
+                "in": "query",
+                "description": "Absent or empty: any.",
+                "schema": {"type": "string", "enum": [*JOB_TYPES, ""]},
+            },
+        ],
+        "responses": {
+            "200": _json({"type": "array", "items": _ref("Job")}, "The jobs (a plain array)."),
+            "400": _error("A bad query parameter."),
+        },
+    },
+    "CreateJob": {
+        "summary": "Create a job",
+        "description": (
+            "The domain query is checked at once: a query matching no data (or a domain the node "
+            'cannot read) is refused with 400 "No data found". A repeated create with the same '
+            "idempotency_key returns the first job. Answered with 200 (as the original did), not 201."
+        ),
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
+        "responses": {
+            "200": _json(_ref("Job"), "The job, pending."),
+            "400": _error(
+                "Malformed JSON, a wrong field, a webhook_url the node does not send to, or no data "
+                "found for the query."
+            ),
+        },
+    },
+    "GetJob": {
+        "summary": "Get one job",
+        "responses": {
+            "200": _json(_ref("Job"), "The job."),
+            "404": _error("No such job."),
+        },
+    },
+    "RetryJob": {
+        "summary": "Retry a finished job with a new input",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RetryJob")}}},
+        "responses": {
+            "200": _json(_ref("Job"), "The job, pending again."),
+            "400": _error("Bad body, job_type not the job's, or the job is not finished."),
+            "404": _error("No such job."),
+        },
+    },
+    "CancelJob": {
+        "summary": "Cancel a job",
+        "description": (
+            "A pending job is cancelled at once; a running one becomes cancelling and stops at its "
+            "next step. The body is empty (no Content-Type needed) or {}."
+        ),
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+        },
+        "responses": {
+            "200": _json(_ref("Job"), "The job, cancelling or cancelled."),
+            "400": _error("The job is already finished, or a bad body."),
+            "404": _error("No such job."),
+        },
+    },
+    "WatchJob": {
+        "summary": "Follow a job as Server-Sent Events",
+        "description": (
+            "One `event: job` with the job (components.schemas.Job) as `data` now and at every change "
+            "of status; the stream ends after a final status (completed, failed, cancelled). A comment "
+            "line (`: ping`) is sent every 15 s while nothing changes. Should the node fail mid-stream, "
+            'an `event: error` with {"error": ...} (components.schemas.Error) ends the stream. '
+            "EventSource cannot set headers, so the token "
+            "may come as `?access_token=`."
+        ),
+        "security": [{}, {"bearer": []}, {"accessToken": []}],
+        "responses": {
+            "200": {
+                "description": "The event stream.",
+                "headers": {
+                    **NOSNIFF,
+                    "Cache-Control": {"required": True, "schema": {"const": "no-cache"}},
+                },
+                "content": {
+                    "text/event-stream": {
+                        # One event (OpenAPI 3.1 has `schema` describe each; 3.2 calls it itemSchema):
+                        # `event:` names it, `data:` holds its JSON. `: ping` comments are no events.
+                        "schema": {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["event", "data"],
+                                    "properties": {
+                                        "event": {"const": name},
+                                        "data": {
+                                            "type": "string",
+                                            "contentMediaType": "application/json",
+                                            "contentSchema": _ref(schema),
+                                        },
+                                    },
+                                }
+                                for name, schema in (("job", "Job"), ("error", "Error"))
+                            ]
+                        },
+                    }
+                },
+            },
+            "404": _error("No such job (answered before the stream starts)."),
+            "502": _error("The node ended the watch without sending the job."),
+        },
+    },
+}
+PATH_PARAMETERS = {"id": JOB_ID}  # each variable of the rules' paths
+PATH_ITEM_METHODS = ("get", "put", "post", "delete", "patch")  # as OpenAPI orders a path's operations
+
+
+def _operation_id(rpc: str) -> str:
+    return rpc[0].lower() + rpc[1:]
+
+
+def _rpc_paths(rules: tuple[http_rules.HttpRule, ...]) -> dict[str, dict]:
+    """The document's paths of `rules`, one operation from OPERATIONS for each."""
+    rpcs = {rule.rpc for rule in rules}
+    if rpcs != set(OPERATIONS):
+        raise ValueError(f"RPCs without an OpenAPI operation: {sorted(rpcs - set(OPERATIONS))}; "
+                         f"operations of no RPC: {sorted(set(OPERATIONS) - rpcs)}")
+    paths: dict[str, dict] = {}
+    for rule in sorted(rules, key=lambda rule: PATH_ITEM_METHODS.index(rule.method)):
+        operation = OPERATIONS[rule.rpc]
+        if ("requestBody" in operation) != rule.body:
+            raise ValueError(f"{rule.rpc}: the operation's requestBody and the annotation's body disagree")
+        item = paths.setdefault(rule.path, {"parameters": [PATH_PARAMETERS[name] for name in rule.variables]})
+        item[rule.method] = {
+            "operationId": _operation_id(rule.rpc),
+            **operation,
+            "responses": {**operation["responses"], **(WRITE_ERRORS if rule.body else {}), **API_ERRORS},
+        }
+    for item in paths.values():
+        if not item["parameters"]:
+            del item["parameters"]
+    # In the annotations' order of paths.
+    return {path: paths[path] for path in dict.fromkeys(rule.path for rule in rules)}
+
+
+# The paths that are no JobService RPC: the WebSocket, health, metrics and this document.
+OTHER_PATHS: dict[str, dict] = {
+    "/api/v1/ws": {
+        "get": {
+            "operationId": "realtimeInference",
+            "summary": "Realtime image inference (WebSocket)",
+            "description": (
+                "Upgrade to a WebSocket. Binary messages are images, a text message is the prompt; answers "
+                "are binary messages, each one JSON object as Ollama streams it (model, created_at, response, "
+                "done; on the last done_reason, Ollama's counts, frames and frames_dropped), or with "
+                '`?format=text` JSON text messages {"response": "...", "done": false|true}. Images before '
+                "any prompt are kept (the newest batch) and answered when it comes. A bad image gets "
+                '{"error": "...", "done": false} and the stream goes on; an error that ends it, '
+                '{"error": "...", "done": true} before the close. The server pings every '
+                "10 s. `?num_predict=` limits the answer length. A browser offers the subprotocols "
+                '["vlmnode", "bearer.<token>"] (or the token as `?access_token=`); the bridge picks '
+                "`vlmnode`, never echoes the token. A plain GET without the upgrade is answered 426."
+            ),
+            "security": [{}, {"bearer": []}, {"accessToken": []}],
+            "parameters": [
+                {
+                    "name": "num_predict",
+                    "in": "query",
+                    "description": "0 (the model's own limit) to 8192; a bad value closes the socket with 1008.",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 8192},
+                },
+                {
+                    "name": "format",
+                    "in": "query",
+                    "description": "How answers are sent: binary (the original's, by default) or text; "
+                    "another value closes the socket with 1008.",
+                    "schema": {"type": "string", "enum": ["binary", "text"], "default": "binary"},
+                },
+            ],
+            "responses": {
+                "101": {"description": "Switching to the WebSocket protocol."},
+                "426": _error(
+                    "Not a WebSocket upgrade.",
+                    {"Upgrade": {"required": True, "schema": {"const": "websocket"}}},
+                ),
+                "401": API_ERRORS["401"],
+                "403": API_ERRORS["403"],
+            },
+        },
+    },
+    "/health": {
+        "get": {
+            "operationId": "health",
+            "summary": "Liveness: the bridge is up",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                    "Alive.",
+                )
+            },
+        },
+    },
+    "/ready": {
+        "get": {
+            "operationId": "ready",
+            "summary": "Readiness: the node's gRPC server, its database and Ollama all serve",
+            "security": [],
+            "responses": {
+                "200": _json(_ref("Readiness"), "Ready."),
+                "503": _json(_ref("Readiness"), "Not ready: `checks` says what is not serving."),
+            },
+        },
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "The bridge process's Prometheus metrics",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format.",
+                    "headers": NOSNIFF,
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        },
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
+        },
+    },}
+
+
 SPEC: dict = {
     "openapi": "3.1.0",
     "info": {
@@ -111,250 +377,7 @@ SPEC: dict = {
         ),
     },
     "security": [{}, {"bearer": []}],
-    "paths": {
-        "/api/v1/jobs": {
-            "get": {
-                "operationId": "listJobs",
-                "summary": "List jobs, newest first",
-                "parameters": [
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "description": "1 to 1000; absent or empty means 100; 0 answers an empty list, as the original did.",
-                        "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 1000}, EMPTY]},
-                    },
-                    {
-                        "name": "offset",
-                        "in": "query",
-                        "description": "Absent or empty: 0.",
-                        "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}, EMPTY]},
-                    },
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "description": "Absent or empty: any.",
-                        "schema": {"type": "string", "enum": [*STATUSES, ""]},
-                    },
-                    {
-                        "name": "job_type",
-                        "in": "query",
-                        "description": "Absent or empty: any.",
-                        "schema": {"type": "string", "enum": [*JOB_TYPES, ""]},
-                    },
-                ],
-                "responses": {
-                    "200": _json({"type": "array", "items": _ref("Job")}, "The jobs (a plain array)."),
-                    "400": _error("A bad query parameter."),
-                    **API_ERRORS,
-                },
-            },
-            "post": {
-                "operationId": "createJob",
-                "summary": "Create a job",
-                "description": (
-                    "The domain query is checked at once: a query matching no data (or a domain the node "
-                    'cannot read) is refused with 400 "No data found". A repeated create with the same '
-                    "idempotency_key returns the first job. Answered with 200 (as the original did), not 201."
-                ),
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CreateJob")}}},
-                "responses": {
-                    "200": _json(_ref("Job"), "The job, pending."),
-                    "400": _error(
-                        "Malformed JSON, a wrong field, a webhook_url the node does not send to, or no data "
-                        "found for the query."
-                    ),
-                    **WRITE_ERRORS,
-                    **API_ERRORS,
-                },
-            },
-        },
-        "/api/v1/jobs/{id}": {
-            "parameters": [JOB_ID],
-            "get": {
-                "operationId": "getJob",
-                "summary": "Get one job",
-                "responses": {
-                    "200": _json(_ref("Job"), "The job."),
-                    "404": _error("No such job."),
-                    **API_ERRORS,
-                },
-            },
-            "put": {
-                "operationId": "retryJob",
-                "summary": "Retry a finished job with a new input",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RetryJob")}}},
-                "responses": {
-                    "200": _json(_ref("Job"), "The job, pending again."),
-                    "400": _error("Bad body, job_type not the job's, or the job is not finished."),
-                    "404": _error("No such job."),
-                    **WRITE_ERRORS,
-                    **API_ERRORS,
-                },
-            },
-        },
-        "/api/v1/jobs/{id}/cancel": {
-            "parameters": [JOB_ID],
-            "post": {
-                "operationId": "cancelJob",
-                "summary": "Cancel a job",
-                "description": (
-                    "A pending job is cancelled at once; a running one becomes cancelling and stops at its "
-                    "next step. The body is empty (no Content-Type needed) or {}."
-                ),
-                "requestBody": {
-                    "required": False,
-                    "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
-                },
-                "responses": {
-                    "200": _json(_ref("Job"), "The job, cancelling or cancelled."),
-                    "400": _error("The job is already finished, or a bad body."),
-                    "404": _error("No such job."),
-                    **WRITE_ERRORS,
-                    **API_ERRORS,
-                },
-            },
-        },
-        "/api/v1/jobs/{id}/events": {
-            "parameters": [JOB_ID],
-            "get": {
-                "operationId": "watchJob",
-                "summary": "Follow a job as Server-Sent Events",
-                "description": (
-                    "One `event: job` with the job (components.schemas.Job) as `data` now and at every change "
-                    "of status; the stream ends after a final status (completed, failed, cancelled). A comment "
-                    "line (`: ping`) is sent every 15 s while nothing changes. Should the node fail mid-stream, "
-                    'an `event: error` with {"error": ...} (components.schemas.Error) ends the stream. '
-                    "EventSource cannot set headers, so the token "
-                    "may come as `?access_token=`."
-                ),
-                "security": [{}, {"bearer": []}, {"accessToken": []}],
-                "responses": {
-                    "200": {
-                        "description": "The event stream.",
-                        "headers": {
-                            **NOSNIFF,
-                            "Cache-Control": {"required": True, "schema": {"const": "no-cache"}},
-                        },
-                        "content": {
-                            "text/event-stream": {
-                                # One event (OpenAPI 3.1 has `schema` describe each; 3.2 calls it itemSchema):
-                                # `event:` names it, `data:` holds its JSON. `: ping` comments are no events.
-                                "schema": {
-                                    "oneOf": [
-                                        {
-                                            "type": "object",
-                                            "required": ["event", "data"],
-                                            "properties": {
-                                                "event": {"const": name},
-                                                "data": {
-                                                    "type": "string",
-                                                    "contentMediaType": "application/json",
-                                                    "contentSchema": _ref(schema),
-                                                },
-                                            },
-                                        }
-                                        for name, schema in (("job", "Job"), ("error", "Error"))
-                                    ]
-                                },
-                            }
-                        },
-                    },
-                    "404": _error("No such job (answered before the stream starts)."),
-                    "502": _error("The node ended the watch without sending the job."),
-                    **API_ERRORS,
-                },
-            },
-        },
-        "/api/v1/ws": {
-            "get": {
-                "operationId": "realtimeInference",
-                "summary": "Realtime image inference (WebSocket)",
-                "description": (
-                    "Upgrade to a WebSocket. Binary messages are images, a text message is the prompt; answers "
-                    "are binary messages, each one JSON object as Ollama streams it (model, created_at, response, "
-                    "done; on the last done_reason, Ollama's counts, frames and frames_dropped), or with "
-                    '`?format=text` JSON text messages {"response": "...", "done": false|true}. Images before '
-                    "any prompt are kept (the newest batch) and answered when it comes. A bad image gets "
-                    '{"error": "...", "done": false} and the stream goes on; an error that ends it, '
-                    '{"error": "...", "done": true} before the close. The server pings every '
-                    "10 s. `?num_predict=` limits the answer length. A browser offers the subprotocols "
-                    '["vlmnode", "bearer.<token>"] (or the token as `?access_token=`); the bridge picks '
-                    "`vlmnode`, never echoes the token. A plain GET without the upgrade is answered 426."
-                ),
-                "security": [{}, {"bearer": []}, {"accessToken": []}],
-                "parameters": [
-                    {
-                        "name": "num_predict",
-                        "in": "query",
-                        "description": "0 (the model's own limit) to 8192; a bad value closes the socket with 1008.",
-                        "schema": {"type": "integer", "minimum": 0, "maximum": 8192},
-                    },
-                    {
-                        "name": "format",
-                        "in": "query",
-                        "description": "How answers are sent: binary (the original's, by default) or text; "
-                        "another value closes the socket with 1008.",
-                        "schema": {"type": "string", "enum": ["binary", "text"], "default": "binary"},
-                    },
-                ],
-                "responses": {
-                    "101": {"description": "Switching to the WebSocket protocol."},
-                    "426": _error(
-                        "Not a WebSocket upgrade.",
-                        {"Upgrade": {"required": True, "schema": {"const": "websocket"}}},
-                    ),
-                    "401": API_ERRORS["401"],
-                    "403": API_ERRORS["403"],
-                },
-            },
-        },
-        "/health": {
-            "get": {
-                "operationId": "health",
-                "summary": "Liveness: the bridge is up",
-                "security": [],
-                "responses": {
-                    "200": _json(
-                        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-                        "Alive.",
-                    )
-                },
-            },
-        },
-        "/ready": {
-            "get": {
-                "operationId": "ready",
-                "summary": "Readiness: the node's gRPC server, its database and Ollama all serve",
-                "security": [],
-                "responses": {
-                    "200": _json(_ref("Readiness"), "Ready."),
-                    "503": _json(_ref("Readiness"), "Not ready: `checks` says what is not serving."),
-                },
-            },
-        },
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "The bridge process's Prometheus metrics",
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text exposition format.",
-                        "headers": NOSNIFF,
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            },
-        },
-        "/openapi.json": {
-            "get": {
-                "operationId": "openapi",
-                "summary": "This document",
-                "security": [],
-                "responses": {"200": _json({"type": "object"}, "The OpenAPI document.")},
-            },
-        },
-    },
+    "paths": {**_rpc_paths(http_rules.JOB_SERVICE), **OTHER_PATHS},
     "components": {
         "securitySchemes": {
             "bearer": {
@@ -437,7 +460,7 @@ SPEC: dict = {
                 "properties": {
                     "ids": {
                         "type": "array",
-                        "maxItems": 10_000,
+                        "maxItems": domain.MAX_IDS,
                         "items": {"type": "string", "format": "uuid"},
                         "description": "[]: all the domain's data.",
                     },

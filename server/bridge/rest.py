@@ -26,7 +26,8 @@ Status codes:
 import asyncio
 import json
 import math
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -36,11 +37,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from vlmnode.v1 import jobs_pb2
 
-from server.bridge import openapi
-from server.domain import validate_domain_id, validate_query
-from server.errors import BadInput, original_error, shown
+from server.bridge import http_rules
 from server.bridge.auth import caller_metadata
 from server.bridge.errors import error_response
+from server.domain import validate_domain_id, validate_query
+from server.errors import BadInput, original_error, shown
+
+if TYPE_CHECKING:
+    from vlmnode.v1.jobs_pb2_grpc import JobServiceAsyncStub
+
+Handler = Callable[[Request], Awaitable[Response]]
+Metadata = tuple[tuple[str, str], ...] | None
 
 MAX_BODY = 1024 * 1024  # bytes of a request body
 CALL_TIMEOUT = 60.0  # seconds for a unary call (a create asks the domain server first)
@@ -67,7 +74,7 @@ class BadRequest(Exception):
         self.status = status
 
 
-def refusing_bad_requests(handler):
+def refusing_bad_requests(handler: Handler) -> Handler:
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
@@ -119,7 +126,7 @@ def job_to_json(job: jobs_pb2.Job) -> dict[str, Any]:
 # Reading requests.
 
 
-def _jobs(request: Request):
+def _jobs(request: Request) -> "JobServiceAsyncStub":
     return request.app.state.jobs
 
 
@@ -166,7 +173,7 @@ async def _read_body(request: Request) -> bytes:
     return body
 
 
-def _no_constants(name: str):
+def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
@@ -287,7 +294,7 @@ async def list_jobs(request: Request) -> Response:
         jobs_pb2.ListJobsRequest(
             limit=limit,
             offset=offset,
-            status=jobs_pb2.JobStatus.Value("JOB_STATUS_" + status.upper()) if status else 0,
+            status="JOB_STATUS_" + status.upper() if status else None,  # a label, checked against STATUSES above
             job_type=job_type,
         ),
         timeout=CALL_TIMEOUT,
@@ -376,7 +383,7 @@ class _Watch:
     (UNAVAILABLE: the node restarting, or its database away for longer than
     it waits) the stream watches again."""
 
-    def __init__(self, jobs, job_id: str, metadata):
+    def __init__(self, jobs: "JobServiceAsyncStub", job_id: str, metadata: Metadata):
         self.jobs = jobs
         self.request = jobs_pb2.WatchJobRequest(id=job_id)
         self.metadata = metadata
@@ -393,7 +400,7 @@ class _Watch:
         self.call.cancel()
 
 
-async def _events(watch: _Watch, first: jobs_pb2.WatchJobResponse, ping_interval: float) -> AsyncIterator[str]:
+async def _events(watch: _Watch, first: jobs_pb2.WatchJobResponse, ping_interval: float) -> AsyncGenerator[str, None]:
     loop = asyncio.get_running_loop()
     pending: asyncio.Future | None = None
     try:
@@ -440,8 +447,9 @@ class EventStream(StreamingResponse):
     however it ends (the last event, or the HTTP client going away)."""
 
     def __init__(self, watch: _Watch, first: jobs_pb2.WatchJobResponse, ping_interval: float):
+        self.events = _events(watch, first, ping_interval)
         super().__init__(
-            _events(watch, first, ping_interval),
+            self.events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -452,7 +460,7 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.watch.cancel()
-            await self.body_iterator.aclose()
+            await self.events.aclose()
 
 
 @refusing_bad_requests
@@ -471,20 +479,41 @@ async def job_events(request: Request) -> Response:
     return EventStream(watch, first, request.app.state.sse_ping_interval)
 
 
-def _by_method(**handlers):
+# The handler of each JobService RPC. Its method and path are the RPC's
+# google.api.http annotation (server/bridge/http_rules.py); its OpenAPI
+# operation is server/bridge/openapi.py's OPERATIONS under the same name.
+HANDLERS: dict[str, Handler] = {
+    "CreateJob": create_job,
+    "ListJobs": list_jobs,
+    "GetJob": get_job,
+    "RetryJob": retry_job,
+    "CancelJob": cancel_job,
+    "WatchJob": job_events,
+}
+
+
+def _by_method(handlers: dict[str, Handler]) -> Handler:
     """One endpoint for all the methods of a path, so that a 405 names them all in `Allow`."""
 
     async def endpoint(request: Request) -> Response:
-        method = "GET" if request.method == "HEAD" else request.method
-        return await handlers[method.lower()](request)
+        method = "get" if request.method == "HEAD" else request.method.lower()
+        return await handlers[method](request)
 
     return endpoint
 
 
-routes = [
-    Route("/api/v1/jobs", _by_method(get=list_jobs, post=create_job), methods=["GET", "POST"]),
-    Route("/api/v1/jobs/{id}", _by_method(get=get_job, put=retry_job), methods=["GET", "PUT"]),
-    Route("/api/v1/jobs/{id}/cancel", cancel_job, methods=["POST"]),
-    Route("/api/v1/jobs/{id}/events", job_events, methods=["GET"]),
-    *openapi.routes,
-]
+def _routes(rules: tuple[http_rules.HttpRule, ...]) -> list[Route]:
+    rpcs = {rule.rpc for rule in rules}
+    if rpcs != set(HANDLERS):
+        raise ValueError(f"RPCs without a REST handler: {sorted(rpcs - set(HANDLERS))}; "
+                         f"handlers of no RPC: {sorted(set(HANDLERS) - rpcs)}")
+    by_path: dict[str, dict[str, Handler]] = {}
+    for rule in rules:
+        if rule.method in by_path.setdefault(rule.path, {}):
+            raise ValueError(f"{rule.rpc}: {rule.method.upper()} {rule.path} is another RPC's route too")
+        by_path[rule.path][rule.method] = HANDLERS[rule.rpc]
+    return [Route(path, _by_method(handlers), methods=[method.upper() for method in handlers])
+            for path, handlers in by_path.items()]
+
+
+routes = _routes(http_rules.JOB_SERVICE)
