@@ -1,6 +1,9 @@
 """The web console (server/bridge/static/, served at `/` by the bridge) in a
 real browser: Debian's chromium driven by Playwright, against the node, the
-bridge, a worker and the fake peers, all in the test's event loop.
+bridge, a worker and the fake peers, all in the test's event loop. Its
+modules of protocol and state (ws_protocol.js, counters.js, camera.js,
+job_stream.js) are also tested alone, imported in a blank page on the
+bridge's origin (console_modules).
 
 Screenshots of the main pages go to artifacts/console/. Without
 /usr/bin/chromium the tests are skipped, except under CI=true, where they fail.
@@ -8,6 +11,7 @@ Screenshots of the main pages go to artifacts/console/. Without
 
 import contextlib
 import dataclasses
+import json
 import posixpath
 import re
 import uuid
@@ -15,16 +19,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from vlmnode.v1 import inference_pb2 as pb
 
-from server.auth import Tokens
-from server.grpc_server import NodeServer
-from tests.fixtures import DOMAIN_ID, TIMEOUT_MS, running_bridge
 from devpeers.images import solid_jpeg
+from server.auth import Tokens
+from server.bridge import websocket
+from server.bridge.console import HEADERS, MEDIA_TYPES
+from server.grpc_server import NodeServer
+from tests.fixtures import DOMAIN_ID, INPUT, TIMEOUT_MS, running_bridge
 
 try:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 except ImportError:  # the `chromium` fixture says what is missing
-    async_playwright = expect = None
+    expect = None
 
 # A fake camera that grants itself: for the live view's getUserMedia path.
 FAKE_CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
@@ -32,7 +39,6 @@ STATIC = Path(__file__).resolve().parent.parent / "server" / "bridge" / "static"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "console"
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
-TASK_INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
 
 
 class Console:
@@ -88,7 +94,7 @@ async def console(chromium, node):
 
 
 async def create_job(base: str, **overrides) -> dict:
-    body = {"job_type": "task_timing_v1", "query": {"ids": []}, "domain_id": DOMAIN_ID, "input": TASK_INPUT}
+    body = {"job_type": "task_timing_v1", "query": {"ids": []}, "domain_id": DOMAIN_ID, "input": INPUT}
     body.update(overrides)
     async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=15) as http:
         response = await http.post("/api/v1/jobs", json=body)
@@ -98,6 +104,56 @@ async def create_job(base: str, **overrides) -> dict:
 
 def status_of(page, job_id: str):
     return page.locator(f'tr[data-job-id="{job_id}"] td[data-label="Status"]')
+
+
+def write_frames(tmp_path, colours: list[str]) -> list[str]:
+    """One JPEG of each colour, as files to pick in the live view."""
+    files = []
+    for n, colour in enumerate(colours):
+        path = tmp_path / f"frame{n}.jpg"
+        path.write_bytes(solid_jpeg(colour))
+        files.append(str(path))
+    return files
+
+
+UNTIL = f"""const until = (test) => new Promise((resolve, reject) => {{
+  const start = Date.now();
+  const timer = setInterval(() => {{
+    if (test()) resolve();
+    else if (Date.now() - start > {TIMEOUT_MS}) reject(new Error(`timed out waiting for ${{test}}`));
+    else return;
+    clearInterval(timer);
+  }}, 20);
+}});"""
+
+
+async def ask_the_live_view(page, frames: list[str]):
+    """Picks the frames, asks what colour they are and sends: the first answer, once it is whole."""
+    await page.get_by_label("Images from disk").set_input_files(frames)
+    await page.get_by_label("Prompt").fill("What colour is it?")
+    await page.get_by_role("button", name="Send", exact=True).click()
+    answer = page.locator(".live-entry--answer[data-done=true]").first
+    await answer.wait_for()
+    return answer
+
+
+@contextlib.asynccontextmanager
+async def console_modules(chromium, base: str, *extra_args):
+    """A blank page on the bridge's origin, with the console's headers (its
+    Content-Security-Policy), where the console's modules are imported as
+    the console imports them. Yields run(module, body, arg): `body`, an async
+    function's body with the module as `m` and `arg`, evaluated in the page,
+    where `await until(test)` waits for test() to hold (TIMEOUT_MS at most)."""
+    async with open_console(chromium, base, *extra_args) as console:
+        page = console.page
+        headers = {**HEADERS, "Content-Type": MEDIA_TYPES[".html"]}
+        await page.route(f"{base}/modules", lambda route: route.fulfill(headers=headers, body="<!doctype html><title>modules</title>"))
+        await page.goto(f"{base}/modules")
+
+        async def run(module: str, body: str, arg=None):
+            return await page.evaluate(f"async (arg) => {{ const m = await import('/console/{module}'); {UNTIL} {body} }}", arg)
+
+        yield run
 
 
 async def test_submit_a_job_and_follow_it_live_to_its_timeline_then_retry(console, worker, fake_ollama, webhook):
@@ -302,6 +358,14 @@ async def test_the_bridge_serves_the_console_itself():
                 for name in ("content-security-policy", "x-content-type-options", "x-frame-options", "referrer-policy"):
                     assert response.headers[name] == index.headers[name], (path, name)
                 assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+            # Module scripts from this origin, and only as what they are: nosniff
+            # has the browser refuse a module that does not come as JavaScript.
+            assert "script-src 'self'" in index.headers["content-security-policy"].split("; ")
+            assert index.headers["x-content-type-options"] == "nosniff"
+            for file in STATIC.iterdir():
+                response = await http.get(f"/console/{file.name}")
+                assert response.headers["content-type"] == MEDIA_TYPES[file.suffix], file.name
+                assert response.headers["x-content-type-options"] == "nosniff", file.name
             todo = re.findall(r'(?:src|href)="(/console/[^"]+)"', index.text)
             seen = set()
             while todo:
@@ -317,6 +381,8 @@ async def test_the_bridge_serves_the_console_itself():
                         assert spec.startswith("./"), (path, spec)
                         todo.append(posixpath.normpath(posixpath.join(posixpath.dirname(path), spec)))
             assert {"/console/app.js", "/console/style.css", "/console/live.js", "/console/timeline.js"} <= seen
+            # Every module is one the page imports.
+            assert {f"/console/{file.name}" for file in STATIC.glob("*.js")} <= seen
             missing = await http.get("/console/nothing.js")
             assert missing.status_code == 404 and "error" in missing.json()
             assert (await http.get("/api/v1/nothing-here")).json() == {"error": "Not Found"}
@@ -339,18 +405,8 @@ async def test_the_live_view_streams_answers(chromium, settings, fake_ollama, tm
 
 async def drive_the_live_view(console, tmp_path):
     page = console.page
-    files = []
-    for n, colour in enumerate(["red", "red"]):
-        path = tmp_path / f"frame{n}.jpg"
-        path.write_bytes(solid_jpeg(colour))
-        files.append(str(path))
-
     await console.open("#/live")
-    await page.get_by_label("Images from disk").set_input_files(files)
-    await page.get_by_label("Prompt").fill("What colour is it?")
-    await page.get_by_role("button", name="Send", exact=True).click()
-    answer = page.locator(".live-entry--answer[data-done=true]").first
-    await answer.wait_for()
+    answer = await ask_the_live_view(page, write_frames(tmp_path, ["red", "red"]))
     # The default VLM (moondream) sees one image: the two frames reach it as one contact sheet.
     assert "a 128x48 image, mostly red" in await answer.inner_text()
     assert await answer.get_attribute("data-frames") == "1,2"
@@ -433,16 +489,7 @@ async def test_a_node_that_wants_a_token(chromium, settings, tmp_path):
                     # The live view streams an answer over the WebSocket.
                     await page.get_by_role("link", name="Live view").click()
                     await page.get_by_role("heading", name="Live view", level=1).wait_for()
-                    frames = []
-                    for n in range(2):
-                        path = tmp_path / f"frame{n}.jpg"
-                        path.write_bytes(solid_jpeg("blue"))
-                        frames.append(str(path))
-                    await page.get_by_label("Images from disk").set_input_files(frames)
-                    await page.get_by_label("Prompt").fill("What colour is it?")
-                    await page.get_by_role("button", name="Send", exact=True).click()
-                    answer = page.locator(".live-entry--answer[data-done=true]").first
-                    await answer.wait_for()
+                    answer = await ask_the_live_view(page, write_frames(tmp_path, ["blue", "blue"]))
                     assert "mostly blue" in await answer.inner_text()
                     assert sockets and not any("access_token" in u for u in sockets), "the token rides as a subprotocol"
 
@@ -456,3 +503,233 @@ async def test_a_node_that_wants_a_token(chromium, settings, tmp_path):
                     await expect(page.get_by_role("button", name="Access token")).to_have_attribute("data-state", "needed")
     finally:
         await node.stop(grace=0.5)
+
+
+def answer_chunk(**fields) -> pb.AnswerChunk:
+    chunk = pb.AnswerChunk(model="moondream", **fields)
+    chunk.created_at.FromJsonString("2026-12-02T10:00:00Z")
+    return chunk
+
+
+async def test_the_websocket_protocol_module(chromium):
+    """ws_protocol.js reads each kind of message the bridge sends, as the
+    bridge writes it (server/bridge/websocket.py), and what is not one."""
+    last = answer_chunk(
+        answer_id=1, done=True, frame_ids=["1", "2"], frames_dropped=3, done_reason="stop",
+        metrics=pb.AnswerMetrics(prompt_eval_count=5),
+    )
+    first = answer_chunk(answer_id=1, text="A red box.")
+    text = [
+        json.dumps(websocket.text_object(first)),
+        json.dumps(websocket.text_object(last)),
+        websocket.error_message("not an image", closing=False),
+        websocket.error_message("the model is unavailable"),
+        "No prompt received for image batch",
+        "not json {",
+        "[1, 2]",
+        "null",
+        '{"error": 3}',
+        '{"response": 5, "frames": "12", "done": 1}',
+        '{"response": "x", "frames": ["1", "", "two", "0", "3"]}',
+    ]
+    binary = [
+        list(json.dumps(websocket.ollama_object(last)).encode()),
+        list(json.dumps(websocket.ollama_object(first)).encode()),
+        list('{"x": 1}'.encode()),
+        [0xFF, 0xFE, 0x00],
+    ]
+    async with running_bridge("127.0.0.1:9") as base:
+        async with console_modules(chromium, base) as run:
+            read = await run(
+                "ws_protocol.js",
+                "return [...arg.text.map(m.readMessage), ...arg.binary.map((b) => m.readMessage(new Uint8Array(b).buffer))];",
+                {"text": text, "binary": binary},
+            )
+            done = {"kind": "answer", "text": "", "done": True, "frames": [1, 2], "framesDropped": 3}
+            streaming = {"kind": "answer", "text": "A red box.", "done": False, "frames": [], "framesDropped": None}
+            assert read[:11] == [
+                {**streaming, "model": None, "createdAt": None, "doneReason": None},
+                {**done, "model": None, "createdAt": None, "doneReason": None},
+                {"kind": "error", "message": "not an image", "closing": False},
+                {"kind": "error", "message": "the model is unavailable", "closing": True},
+                {"kind": "notice", "text": "No prompt received for image batch"},
+                {"kind": "notice", "text": "not json {"},
+                {"kind": "notice", "text": "[1, 2]"},
+                {"kind": "notice", "text": "null"},
+                {"kind": "notice", "text": '{"error": 3}'},
+                {"kind": "answer", "text": "", "done": False, "frames": [], "framesDropped": None,
+                 "model": None, "createdAt": None, "doneReason": None},
+                {"kind": "answer", "text": "x", "done": False, "frames": [1, 3], "framesDropped": None,
+                 "model": None, "createdAt": None, "doneReason": None},
+            ]
+            ollama = {"model": "moondream", "createdAt": "2026-12-02T10:00:00Z"}
+            assert read[11:] == [
+                {**done, **ollama, "doneReason": "stop"},
+                {**streaming, **ollama, "doneReason": None},
+                {"kind": "unreadable"},
+                {"kind": "unreadable"},
+            ]
+
+            # What the client sends, and where.
+            sent = await run(
+                "ws_protocol.js",
+                """return {
+                  urls: [m.realtimeUrl(0, "https://node.example/#/live"), m.realtimeUrl(12, "http://127.0.0.1:8080/x?y=1#z")],
+                  prompts: [m.promptToSend("  hi ", null), m.promptToSend("hi", "hi"), m.promptToSend(" ", null), m.promptToSend(undefined, null)],
+                  reasons: [
+                    m.closeReason({ code: 1000, reason: "" }), m.closeReason({ code: 1005, reason: "" }),
+                    m.closeReason({ code: 1006, reason: "" }), m.closeReason({ code: 1008, reason: "too long" }),
+                    m.closeReason({ code: 1008, reason: "cut" }, "the whole refusal"),
+                  ],
+                  subprotocol: m.SUBPROTOCOL,
+                  maxNumPredict: m.MAX_NUM_PREDICT,
+                };""",
+            )
+            assert sent["urls"] == [
+                "wss://node.example/api/v1/ws?format=text",
+                "ws://127.0.0.1:8080/api/v1/ws?format=text&num_predict=12",
+            ]
+            assert [r.path for r in websocket.routes] == ["/api/v1/ws", "/api/v1/ws"]
+            assert "text" in websocket.FORMATS
+            assert sent["prompts"] == ["hi", None, None, None]
+            assert sent["reasons"] == ["", "", "code 1006", "too long", "the whole refusal"]
+            # The bridge's own facts, not copies that could drift.
+            assert sent["subprotocol"] == websocket.SUBPROTOCOL
+            assert sent["maxNumPredict"] == websocket.MAX_NUM_PREDICT
+
+
+async def test_the_live_tally_module(chromium):
+    """counters.js: frames numbered from 1, an answer built from its chunks,
+    the frames answered added up, the dropped ones as the node last counted."""
+    async with running_bridge("127.0.0.1:9") as base:
+        async with console_modules(chromium, base) as run:
+            tally = await run(
+                "counters.js",
+                """const t = new m.LiveTally();
+                const numbers = [t.frameSent(), t.frameSent(), t.frameSent()];
+                const before = t.summary();
+                const a = t.answerChunk({ text: "A red ", done: false, frames: [], framesDropped: null });
+                const streaming = { ...a };
+                const same = t.answerChunk({ text: "box.", done: true, frames: [1, 2], framesDropped: 1 }) === a;
+                const cut = t.answerChunk({ text: "Half", done: false, frames: [], framesDropped: null });
+                t.cutOff();
+                const b = t.answerChunk({ text: "Blue.", done: true, frames: [3], framesDropped: null });
+                return {
+                  numbers, before, streaming, same, a, cut: cut.number, b, fresh: b !== cut,
+                  counts: [t.sent, t.answered, t.dropped, t.answers], summary: t.summary(),
+                  lists: [[], [5], [2, 4], [3, 1, 2, 7], [9, 8, 10, 1]].map(m.frameList),
+                };""",
+            )
+    assert tally["numbers"] == [1, 2, 3]
+    assert tally["before"] == "3 sent · 0 answered · 0 dropped"
+    assert tally["streaming"] == {"number": 1, "text": "A red ", "done": False, "frames": []}
+    assert tally["same"] is True
+    assert tally["a"] == {"number": 1, "text": "A red box.", "done": True, "frames": [1, 2]}
+    # Cut off: the next chunk starts the next answer.
+    assert tally["cut"] == 2 and tally["fresh"] is True
+    assert tally["b"] == {"number": 3, "text": "Blue.", "done": True, "frames": [3]}
+    # A last chunk without frames_dropped keeps the count the node gave before.
+    assert tally["counts"] == [3, 3, 1, 3]
+    assert tally["summary"] == "3 sent · 3 answered · 1 dropped"
+    assert tally["lists"] == ["none", "#5", "#2, #4", "#1–#3, #7", "#1, #8–#10"]
+
+
+async def test_the_camera_module(chromium):
+    """camera.js with Chromium's fake camera: opened, a frame captured as
+    JPEG at the camera's size, closed; and frames paced one at a time."""
+    async with running_bridge("127.0.0.1:9") as base:
+        async with console_modules(chromium, base, *FAKE_CAMERA_ARGS) as run:
+            camera = await run(
+                "camera.js",
+                """const video = document.createElement("video");
+                video.muted = true;
+                document.body.append(video);
+                const noPicture = await m.captureJpeg(video);
+                const stream = await m.openCamera();
+                await m.playCamera(video, stream);
+                const blob = await m.captureJpeg(video);
+                const picture = await createImageBitmap(blob);
+                const size = [video.videoWidth, video.videoHeight];
+                const tracks = stream.getTracks();
+                m.closeCamera(stream, video);
+                const stopped = new AbortController();
+                stopped.abort();
+                const late = await m.openCamera(stopped.signal);
+                return {
+                  supported: m.cameraSupported(), noPicture, type: blob.type,
+                  picture: [picture.width, picture.height], video: size,
+                  tracks: tracks.map((track) => track.readyState), detached: video.srcObject === null, late,
+                };""",
+            )
+            assert camera["supported"] is True
+            assert camera["noPicture"] is None
+            assert camera["type"] == "image/jpeg"
+            width, height = camera["picture"]
+            assert 0 < max(width, height) <= 1280 and camera["picture"] == camera["video"], camera
+            assert camera["tracks"] == ["ended"] and camera["detached"] is True
+            assert camera["late"] is None
+
+            paced = await run(
+                "camera.js",
+                """const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+                let running = 0, most = 0, ticks = 0;
+                const stop = m.pace(async () => {
+                  ticks += 1;
+                  running += 1;
+                  most = Math.max(most, running);
+                  await sleep(30);
+                  running -= 1;
+                }, () => 5);
+                await sleep(300);
+                stop();
+                const atStop = ticks;
+                await sleep(150);
+                return { atStop, after: ticks, most };""",
+            )
+            assert paced["atStop"] >= 2, paced
+            assert paced["after"] == paced["atStop"], "no frame after stop"
+            assert paced["most"] == 1, "a slow send never overlaps the next"
+
+
+async def test_the_job_stream_module(chromium, node):
+    """job_stream.js follows a job to its end over the bridge's event stream,
+    reads each event's data, and says when the bridge refuses the stream."""
+    async with running_bridge(f"127.0.0.1:{node.port}") as base:
+        job = await create_job(base)
+        async with console_modules(chromium, base) as run:
+            read = await run(
+                "job_stream.js",
+                """return {
+                  jobs: ['{"id": "j", "status": "running"}', "nope", "null", "[]", '{"status": 3}'].map(m.readJobEvent),
+                  errors: ['{"error": "database unavailable"}', "plain words", "null", '{"error": ""}'].map(m.readErrorEvent),
+                };""",
+            )
+            assert read["jobs"] == [{"id": "j", "status": "running"}, None, None, None, None]
+            assert read["errors"] == ["database unavailable", "plain words", "null", '{"error": ""}']
+
+            await run(
+                "job_stream.js",
+                """window.seen = [];
+                window.states = [];
+                m.watchJob(arg, { onJob: (job) => seen.push(job.status), onState: (state, message) => states.push([state, message ?? null]) });""",
+                job["id"],
+            )
+            await run("job_stream.js", "await until(() => states.length && seen.length);")
+            async with httpx.AsyncClient(base_url=base, trust_env=False) as http:
+                assert (await http.post(f"/api/v1/jobs/{job['id']}/cancel")).status_code == 200
+            followed = await run(
+                "job_stream.js",
+                """await until(() => states.some(([state]) => state === "closed"));
+                return { seen, states };""",
+            )
+            assert followed == {"seen": ["pending", "cancelled"], "states": [["live", None], ["closed", None]]}
+
+            refused = await run(
+                "job_stream.js",
+                """const states = [];
+                m.watchJob(arg, { onJob: () => states.push(["job", null]), onState: (state, message) => states.push([state, message ?? null]) });
+                await until(() => states.length);
+                return states;""",
+                str(uuid.uuid4()),
+            )
+            assert refused == [["error", "live updates stopped: the bridge refused the event stream"]]

@@ -3,6 +3,7 @@
 // clear it. A 401 from the API opens it with the reason and the field focused.
 
 import { h } from "./dom.js";
+import { field } from "./form.js";
 import { clearToken, getToken, refusalMessage, setToken } from "./token.js";
 
 export function mountAccessControl(slot) {
@@ -30,13 +31,12 @@ export function mountAccessControl(slot) {
     { id: "access-panel", hidden: true, "aria-labelledby": "access-title", novalidate: true, onsubmit: (event) => { event.preventDefault(); save(); } },
     h("p.access__title", { id: "access-title" }, "Access token"),
     message,
-    h(
-      "div.field",
-      {},
-      h("label", { for: "access-token" }, "Token"),
-      h("p.hint", { id: "access-token-hint" }, "The bearer token this node was given (AUTH_TOKENS). It is kept in this browser only and sent with each request to this node."),
-      input,
-    ),
+    field({
+      id: "access-token",
+      label: "Token",
+      hint: "The bearer token this node was given (AUTH_TOKENS). It is kept in this browser only and sent with each request to this node.",
+      control: input,
+    }),
     state,
     h(
       "div.form-actions",

@@ -3,18 +3,20 @@
 import { h } from "./dom.js";
 
 /**
- * A labelled field. kind: "input" (attrs.type), "textarea" or "select".
- * `hint` is read out with the input (aria-describedby).
+ * A labelled field. kind: "input" (attrs.type), "textarea" or "select", or
+ * `control`, an element built by the caller with the id (and its hint's id,
+ * `<id>-hint`, in aria-describedby). `hint` is read out with the input
+ * (aria-describedby); `after` goes below the control.
  */
-export function field({ id, label, hint, kind = "input", optional = false, attrs = {}, children = [] }) {
+export function field({ id, label, hint, kind = "input", optional = false, attrs = {}, children = [], control = null, after = [] }) {
   const hintId = hint ? `${id}-hint` : null;
-  const control = h(kind, { id, name: id, "aria-describedby": hintId, ...attrs }, ...children);
   return h(
     "div.field",
     { dataset: { field: id } },
     h("label", { for: id }, label, optional ? h("span.optional", {}, " (optional)") : null),
     hint ? h("p.hint", { id: hintId }, hint) : null,
-    control,
+    control || h(kind, { id, name: id, "aria-describedby": hintId, ...attrs }, ...children),
+    after,
   );
 }
 

@@ -4,12 +4,11 @@
 // vlm_only), the raw JSON, and retry (with edited input) and cancel, enabled
 // only when the API allows them.
 
-import { cancelJob, getJob, retryJob, watchJob } from "./api.js";
-import {
-  CANCELLABLE, FINAL, RETRYABLE, clear, dl, h, idText, json, notice, pageHeader, setTitle,
-  statusBadge, statusHint, statusWord, timeEl, typeWord,
-} from "./dom.js";
+import { cancelJob, getJob, retryJob } from "./api.js";
+import { clear, dl, h, idText, json, notice, pageHeader, setTitle, statusBadge, timeEl } from "./dom.js";
 import { DEFAULT_VLM_PROMPT, field } from "./form.js";
+import { watchJob } from "./job_stream.js";
+import { CANCELLABLE, FINAL, RETRYABLE, statusHint, statusWord, typeWord } from "./statuses.js";
 import { renderReasoning, renderTimeline } from "./timeline.js";
 
 const HISTORY_KEY = (id) => `vlmnode.console.history.${id}`;

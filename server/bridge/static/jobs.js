@@ -2,11 +2,10 @@
 // Unfinished jobs on the page are followed live over server-sent events; the
 // list itself is re-read every few seconds so new jobs appear.
 
-import { listJobs, watchJob } from "./api.js";
-import {
-  ACTIVE, FINAL, JOB_TYPES, STATUSES, clear, h, idText, notice, pageHeader, relative, setTitle,
-  statusBadge, statusWord, timeEl, typeWord,
-} from "./dom.js";
+import { listJobs } from "./api.js";
+import { clear, h, idText, notice, pageHeader, relative, setTitle, statusBadge, timeEl } from "./dom.js";
+import { watchJob } from "./job_stream.js";
+import { ACTIVE, FINAL, JOB_TYPES, STATUSES, statusWord, typeWord } from "./statuses.js";
 
 const PAGE_SIZES = [10, 20, 50, 100];
 // Browsers open at most six HTTP/1.1 connections to one host, and each event

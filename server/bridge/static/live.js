@@ -1,49 +1,30 @@
-// #/live: realtime inference over the bridge's WebSocket (/api/v1/ws). Images
-// go as binary messages (from disk, or camera frames captured to JPEG), the
-// prompt as a text message; the answer streams back as JSON chunks, the last
-// naming the frames it answered (numbered from 1 in send order) and how many
-// were dropped while the model was busy. Plain text messages are notices.
+// #/live: realtime inference over the bridge's WebSocket, the page's part:
+// the protocol is ws_protocol.js, the counts counters.js, the camera
+// camera.js; this wires them to what is shown. Images (from disk, or camera
+// frames) and the prompt are sent, and each answer streams into the log with
+// the frames it answered.
 
-import { checkAccess, openRealtime } from "./api.js";
+import { checkAccess } from "./api.js";
+import { cameraSupported, captureJpeg, closeCamera, openCamera, pace, playCamera } from "./camera.js";
+import { LiveTally, frameList } from "./counters.js";
 import { clear, h, pageHeader, setTitle } from "./dom.js";
 import { field } from "./form.js";
+import { MAX_NUM_PREDICT, closeReason, openRealtime, promptToSend, readMessage } from "./ws_protocol.js";
 
 const MAX_THUMBNAILS = 300; // frames whose previews are kept for the answers
-const JPEG_QUALITY = 0.85;
-const CAMERA_MAX_SIDE = 1280;
-
-function frameList(numbers) {
-  if (!numbers.length) return "none";
-  const sorted = [...numbers].sort((a, b) => a - b);
-  const ranges = [];
-  let from = sorted[0];
-  let to = sorted[0];
-  for (const n of sorted.slice(1)) {
-    if (n === to + 1) to = n;
-    else {
-      ranges.push(from === to ? `#${from}` : `#${from}–#${to}`);
-      from = to = n;
-    }
-  }
-  ranges.push(from === to ? `#${from}` : `#${from}–#${to}`);
-  return ranges.join(", ");
-}
 
 export async function render(root, ctx) {
   setTitle("Live view");
   let ws = null;
   let opening = null; // Promise while connecting
-  let framesSent = 0;
-  let framesAnswered = 0;
-  let framesDropped = 0;
-  let answers = 0;
+  const tally = new LiveTally();
   let sentPrompt = null; // the prompt the node has for this connection
-  let currentAnswer = null; // {el, text, textEl}
+  let answerView = null; // {answer, el, textEl}: the answer being shown as it streams
   let lastFramesEntry = null;
   let lastError = null;
   const thumbnails = new Map(); // frame number -> object URL
   let camera = null; // MediaStream
-  let streamTimer = null;
+  let stopPacing = null; // while frames are streamed
   let selected = []; // File[]
   const previews = []; // object URLs of the picked files
 
@@ -55,7 +36,7 @@ export async function render(root, ctx) {
     label: "Answer length limit",
     optional: true,
     hint: "num_predict: the most tokens per answer. Used when connecting; empty means the model's default.",
-    attrs: { type: "number", min: "0", max: "8192", step: "1", inputmode: "numeric", placeholder: "default" },
+    attrs: { type: "number", min: "0", max: String(MAX_NUM_PREDICT), step: "1", inputmode: "numeric", placeholder: "default" },
   });
 
   // What to send.
@@ -73,10 +54,10 @@ export async function render(root, ctx) {
   const sendHint = h("p.hint", { id: "send-hint" });
   sendButton.setAttribute("aria-describedby", "send-hint");
 
-  const cameraSupported = Boolean(window.isSecureContext && navigator.mediaDevices && navigator.mediaDevices.getUserMedia);
+  const withCamera = cameraSupported();
   const video = h("video.camera__video", { muted: true, playsinline: true, autoplay: true, hidden: true, "aria-label": "Camera preview" });
   video.muted = true;
-  const cameraButton = h("button.button", { type: "button", disabled: !cameraSupported, onclick: () => (camera ? stopCamera() : startCamera()) }, "Start camera");
+  const cameraButton = h("button.button", { type: "button", disabled: !withCamera, onclick: () => (camera ? stopCamera() : startCamera()) }, "Start camera");
   const snapButton = h("button.button", { type: "button", hidden: true, onclick: () => sendCameraFrame() }, "Send a frame");
   const streamToggle = h("button.button", { type: "button", hidden: true, "aria-pressed": "false", onclick: () => toggleStreaming() }, "Stream frames");
   const intervalSelect = h(
@@ -90,7 +71,7 @@ export async function render(root, ctx) {
   const cameraNote = h(
     "p.hint",
     {},
-    cameraSupported
+    withCamera
       ? "Frames are captured from the camera as JPEG."
       : "The camera is not available here: browsers allow it only on a secure page (https or localhost) that has been given permission.",
   );
@@ -106,14 +87,13 @@ export async function render(root, ctx) {
     { "aria-labelledby": "live-send-title", novalidate: true, onsubmit: (event) => { event.preventDefault(); send(); } },
     h("h2", { id: "live-send-title" }, "Send"),
     prompt,
-    h(
-      "div.field",
-      {},
-      h("label", { for: "live-files" }, "Images from disk"),
-      h("p.hint", { id: "live-files-hint" }, "Pick one or more images; each is one frame. Frames are numbered from 1 in the order sent."),
-      fileInput,
-      h("div.picked", {}, pickedList, clearPicked),
-    ),
+    field({
+      id: "live-files",
+      label: "Images from disk",
+      hint: "Pick one or more images; each is one frame. Frames are numbered from 1 in the order sent.",
+      control: fileInput,
+      after: h("div.picked", {}, pickedList, clearPicked),
+    }),
     h("div.form-actions.send-row", {}, sendButton, sendHint),
     h(
       "fieldset.group.camera",
@@ -152,9 +132,8 @@ export async function render(root, ctx) {
   );
 
   function updateStats() {
-    stats.textContent = `${framesSent} sent · ${framesAnswered} answered · ${framesDropped} dropped`;
-    const promptText = document.getElementById("live-prompt")?.value.trim() ?? "";
-    const willSendPrompt = promptText && promptText !== sentPrompt;
+    stats.textContent = tally.summary();
+    const willSendPrompt = promptToSend(document.getElementById("live-prompt")?.value, sentPrompt) !== null;
     sendButton.disabled = !selected.length && !willSendPrompt;
     sendHint.textContent = sendButton.disabled
       ? "Type a new prompt or pick images to send."
@@ -214,63 +193,52 @@ export async function render(root, ctx) {
   }
 
   function onMessage(event) {
-    if (typeof event.data !== "string") return;
-    let message = null;
-    try {
-      message = JSON.parse(event.data);
-    } catch {
-      message = null;
-    }
-    if (message && typeof message === "object" && typeof message.error === "string") {
-      if (message.done) {
+    const message = readMessage(event.data);
+    if (message.kind === "error") {
+      if (message.closing) {
         // The socket closes after it; without done, one frame was refused and the stream goes on.
-        lastError = message.error;
-        currentAnswer = null;
+        lastError = message.message;
+        tally.cutOff();
       }
-      entry("error", h("p.live-entry__who", {}, "Error"), h("p.live-entry__text", {}, message.error));
-      announcer.textContent = `Error: ${message.error}`;
-      return;
+      entry("error", h("p.live-entry__who", {}, "Error"), h("p.live-entry__text", {}, message.message));
+      announcer.textContent = `Error: ${message.message}`;
+    } else if (message.kind === "answer") {
+      showAnswer(tally.answerChunk(message));
+    } else if (message.kind === "notice") {
+      entry("notice", h("p.live-entry__who", {}, "Notice"), h("p.live-entry__text", {}, message.text));
+      announcer.textContent = `Notice: ${message.text}`;
     }
-    if (message && typeof message === "object" && "response" in message) {
-      if (!currentAnswer) {
-        answers += 1;
-        const textEl = h("p.live-entry__text.streaming", {});
-        const el = entry("answer", h("p.live-entry__who", {}, `Answer ${answers}`), textEl);
-        el.setAttribute("aria-busy", "true");
-        currentAnswer = { el, textEl, text: "" };
-      }
-      const follow = nearBottom();
-      currentAnswer.text += message.response || "";
-      currentAnswer.textEl.textContent = currentAnswer.text;
-      if (follow) scrollDown();
-      if (message.done) {
-        const numbers = (message.frames || []).map(Number).filter((n) => Number.isInteger(n));
-        framesAnswered += numbers.length;
-        if (typeof message.frames_dropped === "number") framesDropped = message.frames_dropped;
-        const { el, textEl, text } = currentAnswer;
-        textEl.classList.remove("streaming");
-        el.removeAttribute("aria-busy");
-        el.append(
-          h(
-            "p.live-entry__meta",
-            {},
-            `Answered ${numbers.length === 1 ? "frame" : "frames"} ${frameList(numbers)}`,
-            ` · ${framesDropped} dropped so far`,
-          ),
-          thumbs(numbers),
-        );
-        el.dataset.frames = numbers.join(",");
-        el.dataset.done = "true";
-        if (follow) scrollDown();
-        announcer.textContent = `Answer: ${text}`;
-        currentAnswer = null;
-        updateStats();
-      }
-      return;
+  }
+
+  function showAnswer(answer) {
+    if (answerView?.answer !== answer) {
+      const textEl = h("p.live-entry__text.streaming", {});
+      const el = entry("answer", h("p.live-entry__who", {}, `Answer ${answer.number}`), textEl);
+      el.setAttribute("aria-busy", "true");
+      answerView = { answer, el, textEl };
     }
-    // Anything else is a notice in words, e.g. "No prompt received for image batch".
-    entry("notice", h("p.live-entry__who", {}, "Notice"), h("p.live-entry__text", {}, event.data));
-    announcer.textContent = `Notice: ${event.data}`;
+    const { el, textEl } = answerView;
+    const follow = nearBottom();
+    textEl.textContent = answer.text;
+    if (follow) scrollDown();
+    if (!answer.done) return;
+    textEl.classList.remove("streaming");
+    el.removeAttribute("aria-busy");
+    el.append(
+      h(
+        "p.live-entry__meta",
+        {},
+        `Answered ${answer.frames.length === 1 ? "frame" : "frames"} ${frameList(answer.frames)}`,
+        ` · ${tally.dropped} dropped so far`,
+      ),
+      thumbs(answer.frames),
+    );
+    el.dataset.frames = answer.frames.join(",");
+    el.dataset.done = "true";
+    if (follow) scrollDown();
+    announcer.textContent = `Answer: ${answer.text}`;
+    answerView = null;
+    updateStats();
   }
 
   function connect() {
@@ -293,8 +261,8 @@ export async function render(root, ctx) {
         const wasOpening = opening !== null;
         opening = null;
         if (ws === socket) ws = null;
-        currentAnswer = null;
-        const why = lastError || event.reason || (event.code === 1000 || event.code === 1005 ? "" : `code ${event.code}`);
+        tally.cutOff();
+        const why = closeReason(event, lastError);
         setConn("closed", why ? `Closed: ${why}` : "Not connected");
         entry("system", h("p.live-entry__text", {}, `Connection closed${why ? ` (${why})` : ""}.`));
         if (wasOpening) reject(new Error(why || "could not connect"));
@@ -332,16 +300,15 @@ export async function render(root, ctx) {
   }
 
   async function sendPromptIfChanged(socket) {
-    const text = document.getElementById("live-prompt").value.trim();
-    if (!text || text === sentPrompt) return;
+    const text = promptToSend(document.getElementById("live-prompt").value, sentPrompt);
+    if (text === null) return;
     socket.send(text);
     sentPrompt = text;
     entry("prompt", h("p.live-entry__who", {}, "You"), h("p.live-entry__text", {}, text));
   }
 
   function sendFrame(socket, blob, buffer) {
-    framesSent += 1;
-    const number = framesSent;
+    const number = tally.frameSent();
     keepThumbnail(number, blob);
     socket.send(buffer);
     if (!lastFramesEntry) {
@@ -378,16 +345,11 @@ export async function render(root, ctx) {
   async function startCamera() {
     cameraButton.disabled = true;
     try {
-      camera = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
-      if (ctx.signal.aborted) {
-        stopCamera();
-        return;
-      }
-      video.srcObject = camera;
+      camera = await openCamera(ctx.signal);
+      if (!camera) return;
+      const playing = playCamera(video, camera);
       video.hidden = false;
-      // Frames can be captured once the first picture is in.
-      if (!video.videoWidth) await new Promise((resolve) => video.addEventListener("loadeddata", resolve, { once: true }));
-      await video.play().catch(() => {});
+      await playing;
       if (ctx.signal.aborted || !camera) return;
       snapButton.hidden = false;
       streamToggle.hidden = false;
@@ -404,26 +366,13 @@ export async function render(root, ctx) {
 
   function stopCamera() {
     stopStreaming();
-    if (camera) for (const track of camera.getTracks()) track.stop();
+    closeCamera(camera, video);
     camera = null;
-    video.srcObject = null;
     video.hidden = true;
     snapButton.hidden = true;
     streamToggle.hidden = true;
     intervalWrap.hidden = true;
     cameraButton.textContent = "Start camera";
-  }
-
-  function captureFrame() {
-    const width = video.videoWidth;
-    const height = video.videoHeight;
-    if (!width || !height) return Promise.resolve(null);
-    const scale = Math.min(1, CAMERA_MAX_SIDE / Math.max(width, height));
-    const canvas = document.createElement("canvas");
-    canvas.width = Math.round(width * scale);
-    canvas.height = Math.round(height * scale);
-    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-    return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
   }
 
   async function sendCameraFrame() {
@@ -433,7 +382,7 @@ export async function render(root, ctx) {
     } catch {
       return;
     }
-    const blob = await captureFrame();
+    const blob = await captureJpeg(video);
     if (!blob) {
       entry("notice", h("p.live-entry__who", {}, "Camera"), h("p.live-entry__text", {}, "The camera has no picture yet; no frame was sent."));
       return;
@@ -444,21 +393,17 @@ export async function render(root, ctx) {
   }
 
   function toggleStreaming() {
-    if (streamTimer) stopStreaming();
+    if (stopPacing) stopStreaming();
     else {
       streamToggle.setAttribute("aria-pressed", "true");
       streamToggle.textContent = "Stop streaming";
-      const tick = async () => {
-        await sendCameraFrame();
-        if (streamTimer) streamTimer = setTimeout(tick, Number(intervalSelect.value));
-      };
-      streamTimer = setTimeout(tick, 0);
+      stopPacing = pace(sendCameraFrame, () => Number(intervalSelect.value));
     }
   }
 
   function stopStreaming() {
-    if (streamTimer) clearTimeout(streamTimer);
-    streamTimer = null;
+    if (stopPacing) stopPacing();
+    stopPacing = null;
     streamToggle.setAttribute("aria-pressed", "false");
     streamToggle.textContent = "Stream frames";
   }

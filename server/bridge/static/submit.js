@@ -5,6 +5,7 @@
 import { createJob, getJob } from "./api.js";
 import { clear, h, notice, pageHeader, setTitle } from "./dom.js";
 import { DEFAULT_VLM_PROMPT, field, radioGroup, splitIds } from "./form.js";
+import { typeWord } from "./statuses.js";
 
 const DRAFT_KEY = "vlmnode.console.draft";
 
@@ -68,8 +69,8 @@ export async function render(root, ctx) {
     legend: "Job type",
     value: jobType,
     options: [
-      ["task_timing_v1", "Task timing", "Caption each image, then ask the LLM when the task started and ended (task_timing_v1)."],
-      ["vlm_only", "Captions only", "Caption each image with the vision model and return the captions (vlm_only)."],
+      ["task_timing_v1", typeWord("task_timing_v1"), "Caption each image, then ask the LLM when the task started and ended (task_timing_v1)."],
+      ["vlm_only", typeWord("vlm_only"), "Caption each image with the vision model and return the captions (vlm_only)."],
     ],
     onChange: (value) => {
       jobType = value;
