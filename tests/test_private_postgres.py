@@ -1,0 +1,97 @@
+"""`python -m server.node` without POSTGRES_URL starts a private PostgreSQL;
+when that fails for real, the node says in one line what failed, why (initdb's
+or the server's own words) and what to do, and exits 1 without a traceback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from server.embedded_postgres import EmbeddedPostgres, _installed_bindir
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = "Set DATA_DIR to another directory, or POSTGRES_URL to a PostgreSQL of your own."
+
+needs_binaries = pytest.mark.skipif(
+    _installed_bindir() is None, reason="initdb's and pg_ctl's messages need the machine's PostgreSQL binaries"
+)
+
+
+@pytest.fixture
+def open_dir():
+    """A folder every user may enter: as root the server runs as the postgres
+    user, who cannot enter pytest's tmp_path (under a mode 0700 folder)."""
+    path = Path(tempfile.mkdtemp(prefix="vlmnode-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_node(data_dir: Path) -> str:
+    """The one line the node says on its way out (its JSON log lines aside)."""
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_URL"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.node"], cwd=ROOT, env={**env, "DATA_DIR": str(data_dir)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    plain = []
+    for line in proc.stderr.splitlines():
+        try:
+            json.loads(line)
+        except ValueError:
+            plain.append(line)
+    assert len(plain) == 1, proc.stderr
+    [said] = plain
+    postgres_dir = os.path.abspath(data_dir / "postgres")
+    assert said.startswith(f"vlm-node: the private PostgreSQL in {postgres_dir} did not start: "), said
+    assert said.endswith(FIX), said
+    return said
+
+
+def test_a_data_dir_under_a_regular_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    said = start_node(tmp_path / "file" / "data")
+    assert f"cannot make {tmp_path / 'file' / 'data' / 'postgres'}: Not a directory" in said
+
+
+@needs_binaries
+def test_initdb_refusing_says_its_own_reason(open_dir):
+    (open_dir / "postgres" / "data").mkdir(parents=True)
+    (open_dir / "postgres" / "data" / "left-over").write_text("")
+    said = start_node(open_dir)
+    assert "initdb" in said and "failed: " in said
+    assert f'directory "{open_dir}/postgres/data" exists but is not empty' in said
+
+
+@needs_binaries
+def test_a_data_dir_in_use_by_another_server(open_dir):
+    """What a second node on the same DATA_DIR meets: the server refuses the
+    locked directory, and the line gives its reason and hint."""
+    other = EmbeddedPostgres(str(open_dir / "postgres"))
+    other.start()
+    try:
+        said = start_node(open_dir)
+    finally:
+        other.stop()
+    assert "pg_ctl start" in said and 'lock file "postmaster.pid" already exists' in said
+    assert "Is another postmaster" in said
+
+
+@needs_binaries
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root the server runs as the postgres user")
+def test_as_root_a_directory_the_postgres_user_cannot_enter(open_dir):
+    """The checkout under a directory only root may enter (/root, or a mode 0700
+    temporary folder), as the issue met it."""
+    locked = open_dir / "locked"
+    locked.mkdir(mode=0o700)
+    said = start_node(locked / "data")
+    assert "initdb, run as the postgres user, failed: " in said
+    assert "Permission denied" in said
+    assert f"the postgres user must be able to enter every directory above {locked}/data/postgres" in said
