@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
@@ -107,7 +108,8 @@ class OncePerInterval(logging.Filter):
 
     MAX_KINDS = 1000  # kinds remembered; older ones are forgotten past it
 
-    def __init__(self, loggers: tuple[str, ...] = STORM_LOGGERS, interval: float = STORM_INTERVAL, clock=time.monotonic):
+    def __init__(self, loggers: tuple[str, ...] = STORM_LOGGERS, interval: float = STORM_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.loggers = loggers
         self.interval = interval

@@ -1,6 +1,7 @@
-"""`python -m server.node` without POSTGRES_URL starts a private PostgreSQL;
-when that fails for real, the node says in one line what failed, why (initdb's
-or the server's own words) and what to do, and exits 1 without a traceback."""
+"""`python -m server.node`: without POSTGRES_URL it starts a private
+PostgreSQL, and when that fails for real it says in one line what failed, why
+(initdb's or the server's own words) and what to do, and exits 1 without a
+traceback; once up, it says where the console, REST and gRPC are."""
 
 import json
 import os
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from server.config import Settings
 from server.embedded_postgres import EmbeddedPostgres, _installed_bindir
+from server.node import addresses
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = "Set DATA_DIR to another directory, or POSTGRES_URL to a PostgreSQL of your own."
@@ -95,3 +98,17 @@ def test_as_root_a_directory_the_postgres_user_cannot_enter(open_dir):
     assert "initdb, run as the postgres user, failed: " in said
     assert "Permission denied" in said
     assert f"the postgres user must be able to enter every directory above {locked}/data/postgres" in said
+
+
+def test_the_start_up_line_says_where_the_node_is(tmp_path):
+    assert addresses(Settings.from_env({})) == (
+        "console: http://localhost:8080/ · REST: http://localhost:8080/api/v1/jobs · gRPC: localhost:50051"
+    )
+    own = Settings.from_env({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": "9000", "GRPC_HOST": "::1", "GRPC_PORT": "9001"})
+    assert addresses(own) == "console: http://127.0.0.1:9000/ · REST: http://127.0.0.1:9000/api/v1/jobs · gRPC: [::1]:9001"
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / name).write_text("")
+    tls = Settings.from_env({"TLS_CERT_FILE": str(tmp_path / "cert.pem"), "TLS_KEY_FILE": str(tmp_path / "key.pem")})
+    assert addresses(tls) == (
+        "console: https://localhost:8080/ · REST: https://localhost:8080/api/v1/jobs · gRPC: localhost:50051 (TLS)"
+    )
