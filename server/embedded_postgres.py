@@ -46,7 +46,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _installed_bindir() -> str | None:
+def installed_bindir() -> str | None:
     if path := shutil.which("pg_ctl"):
         return os.path.dirname(path)
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
@@ -100,7 +100,7 @@ class EmbeddedPostgres:
         self._bindir: str | None = None
 
     def start(self) -> str:
-        self._bindir = _installed_bindir()
+        self._bindir = installed_bindir()
         if self._bindir:
             return self._start_installed()
         import pgserver  # the fallback: PostgreSQL inside a wheel

@@ -35,7 +35,7 @@ def _reachable_host(host: str) -> str:
 def addresses(settings: Settings) -> str:
     """The line that tells a newcomer where to go: the console, REST and gRPC."""
     http = f"{'https' if settings.tls else 'http'}://{_reachable_host(settings.http_host)}:{settings.http_port}"
-    return (f"console: {http}/ · REST: {http}/api/v1/jobs · "
+    return (f"console: {http}/, REST: {http}/api/v1/jobs, "
             f"gRPC: {_reachable_host(settings.grpc_host)}:{settings.grpc_port}{' (TLS)' if settings.tls else ''}")
 
 

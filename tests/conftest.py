@@ -6,10 +6,13 @@ import contextlib
 import dataclasses
 import inspect
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -29,6 +32,17 @@ def postgres_url():
         yield pg.start()
     finally:
         pg.stop()
+
+
+@pytest.fixture
+def open_dir():
+    """A folder every user may enter, for a private PostgreSQL of its own: as
+    root the server runs as the postgres user, who cannot enter pytest's
+    tmp_path (under a mode 0700 folder)."""
+    path = tempfile.mkdtemp(prefix="vlmnode-test-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

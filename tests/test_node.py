@@ -5,34 +5,22 @@ traceback; once up, it says where the console, REST and gRPC are."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from server.config import Settings
-from server.embedded_postgres import EmbeddedPostgres, _installed_bindir
+from server.embedded_postgres import EmbeddedPostgres, installed_bindir
 from server.node import addresses
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = "Set DATA_DIR to another directory, or POSTGRES_URL to a PostgreSQL of your own."
 
 needs_binaries = pytest.mark.skipif(
-    _installed_bindir() is None, reason="initdb's and pg_ctl's messages need the machine's PostgreSQL binaries"
+    installed_bindir() is None, reason="initdb's and pg_ctl's messages need the machine's PostgreSQL binaries"
 )
-
-
-@pytest.fixture
-def open_dir():
-    """A folder every user may enter: as root the server runs as the postgres
-    user, who cannot enter pytest's tmp_path (under a mode 0700 folder)."""
-    path = Path(tempfile.mkdtemp(prefix="vlmnode-test-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def start_node(data_dir: Path) -> str:
@@ -102,13 +90,13 @@ def test_as_root_a_directory_the_postgres_user_cannot_enter(open_dir):
 
 def test_the_start_up_line_says_where_the_node_is(tmp_path):
     assert addresses(Settings.from_env({})) == (
-        "console: http://localhost:8080/ · REST: http://localhost:8080/api/v1/jobs · gRPC: localhost:50051"
+        "console: http://localhost:8080/, REST: http://localhost:8080/api/v1/jobs, gRPC: localhost:50051"
     )
     own = Settings.from_env({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": "9000", "GRPC_HOST": "::1", "GRPC_PORT": "9001"})
-    assert addresses(own) == "console: http://127.0.0.1:9000/ · REST: http://127.0.0.1:9000/api/v1/jobs · gRPC: [::1]:9001"
+    assert addresses(own) == "console: http://127.0.0.1:9000/, REST: http://127.0.0.1:9000/api/v1/jobs, gRPC: [::1]:9001"
     for name in ("cert.pem", "key.pem"):
         (tmp_path / name).write_text("")
     tls = Settings.from_env({"TLS_CERT_FILE": str(tmp_path / "cert.pem"), "TLS_KEY_FILE": str(tmp_path / "key.pem")})
     assert addresses(tls) == (
-        "console: https://localhost:8080/ · REST: https://localhost:8080/api/v1/jobs · gRPC: localhost:50051 (TLS)"
+        "console: https://localhost:8080/, REST: https://localhost:8080/api/v1/jobs, gRPC: localhost:50051 (TLS)"
     )
