@@ -95,7 +95,7 @@ def main() -> None:
     try:
         while not stopping and all(c.poll() is None for c in children):
             if not announced and _answers(settings.http_host, settings.http_port):
-                log.info(addresses(settings))
+                log.info("%s", addresses(settings))
                 announced = True
             time.sleep(POLL)
     finally:

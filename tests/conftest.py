@@ -6,13 +6,10 @@ import contextlib
 import dataclasses
 import inspect
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -39,6 +36,10 @@ def open_dir():
     """A folder every user may enter, for a private PostgreSQL of its own: as
     root the server runs as the postgres user, who cannot enter pytest's
     tmp_path (under a mode 0700 folder)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     path = tempfile.mkdtemp(prefix="vlmnode-test-")
     os.chmod(path, 0o755)
     yield Path(path)

@@ -5,18 +5,16 @@ uncaught exceptions, a thread's crash), secrets redacted there too."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets.sync.client
-
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,28 +38,27 @@ def bridge(**env: str) -> subprocess.Popen:
     # The bridge needs no database; its gRPC target is a port nothing listens on.
     return subprocess.Popen(
         [sys.executable, "-m", "server.bridge.main"], cwd=ROOT,
-        env={**os.environ, "GRPC_PORT": str(free_port()), **env},
+        env={**os.environ, "GRPC_TARGET": "127.0.0.1:1", "HTTP_HOST": "127.0.0.1", "HTTP_PORT": "0", **env},
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
 
-def wait_listening(port: int, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[0]
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the bridge did not listen on {port}")
+def listening_port(proc: subprocess.Popen, said: list[str]) -> int:
+    """The port the bridge chose, from its "Uvicorn running on" line; the lines
+    read up to it go to `said`."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        said.append(line)
+        if found := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+            return int(found[1])
+    raise AssertionError("the bridge stopped before it listened:\n" + "".join(said))
 
 
 def test_the_bridge_prints_json_at_start_under_traffic_and_at_stop():
-    port = free_port()
-    proc = bridge(HTTP_HOST="127.0.0.1", HTTP_PORT=str(port), LOG_LEVEL="DEBUG")
+    proc = bridge(LOG_LEVEL="DEBUG")
+    said: list[str] = []
     try:
-        wait_listening(port, proc)
+        port = listening_port(proc, said)
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/health").status_code == 200
         assert httpx.get(f"{base}/api/v1/jobs").status_code == 503  # the gRPC server is not there
@@ -75,13 +72,13 @@ def test_the_bridge_prints_json_at_start_under_traffic_and_at_stop():
                     ws.recv(timeout=10)
     finally:
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
+        output = "".join(said) + proc.communicate(timeout=30)[0]
     assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal it stopped for
     lines = records(output)
-    said = [r["message"] for r in lines]
+    messages = [r["message"] for r in lines]
     for expected in ("Started server process", "Uvicorn running on", "Invalid HTTP request received.",
                      "Shutting down", "Finished server process"):
-        assert any(m.startswith(expected) for m in said), f"no {expected!r} line in:\n{output}"
+        assert any(m.startswith(expected) for m in messages), f"no {expected!r} line in:\n{output}"
     assert {"uvicorn.error", "server.auth"} <= {r["logger"] for r in lines}
 
 
@@ -89,7 +86,7 @@ def test_a_bridge_that_cannot_listen_says_so_in_json():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        proc = bridge(HTTP_HOST="127.0.0.1", HTTP_PORT=str(taken.getsockname()[1]))
+        proc = bridge(HTTP_PORT=str(taken.getsockname()[1]))
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode != 0
     errors = [r for r in records(output) if r["level"] == "ERROR"]
@@ -99,8 +96,7 @@ def test_a_bridge_that_cannot_listen_says_so_in_json():
 def test_a_bridge_refusing_its_tls_key_says_so_in_json(tmp_path):
     for name in ("cert.pem", "key.pem"):
         (tmp_path / name).write_text("not PEM\n")
-    proc = bridge(HTTP_PORT=str(free_port()), TLS_CERT_FILE=str(tmp_path / "cert.pem"),
-                  TLS_KEY_FILE=str(tmp_path / "key.pem"))
+    proc = bridge(TLS_CERT_FILE=str(tmp_path / "cert.pem"), TLS_KEY_FILE=str(tmp_path / "key.pem"))
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
     [crash] = [r for r in records(output) if r["level"] == "CRITICAL"]
