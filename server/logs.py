@@ -21,7 +21,6 @@ from types import TracebackType
 
 from pythonjsonlogger.json import JsonFormatter
 
-
 job_id: ContextVar[str | None] = ContextVar("job_id", default=None)
 stream_id: ContextVar[str | None] = ContextVar("stream_id", default=None)
 

@@ -93,7 +93,9 @@ def test_the_start_up_line_says_where_the_node_is(tmp_path):
         "console: http://localhost:8080/, REST: http://localhost:8080/api/v1/jobs, gRPC: localhost:50051"
     )
     own = Settings.from_env({"HTTP_HOST": "127.0.0.1", "HTTP_PORT": "9000", "GRPC_HOST": "::1", "GRPC_PORT": "9001"})
-    assert addresses(own) == "console: http://127.0.0.1:9000/, REST: http://127.0.0.1:9000/api/v1/jobs, gRPC: [::1]:9001"
+    assert addresses(own) == (
+        "console: http://127.0.0.1:9000/, REST: http://127.0.0.1:9000/api/v1/jobs, gRPC: [::1]:9001"
+    )
     for name in ("cert.pem", "key.pem"):
         (tmp_path / name).write_text("")
     tls = Settings.from_env({"TLS_CERT_FILE": str(tmp_path / "cert.pem"), "TLS_KEY_FILE": str(tmp_path / "key.pem")})
