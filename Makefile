@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(PY) -m server.node
 
 demo: $(STAMP)
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(ARGS)
 
 NPM_CI := npm ci --no-audit --no-fund --loglevel=error
 

@@ -64,7 +64,7 @@ import zipfile
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -874,21 +874,37 @@ def _chunks(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
 # --------------------------------------------------------------------------- #
 
 
+# The demo's photos: a shelf every DEMO_PHOTO_INTERVAL seconds, restocked with a green box in photos
+# DEMO_TASK[0] to DEMO_TASK[1] (1-based). The fake Ollama captions a photo by its main colour, so those
+# photos alone are "mostly green" and the demo's task spans them.
+DEMO_TASK = (3, 6)
+DEMO_PHOTO_INTERVAL = 5  # seconds between two photos, in their names
+DEMO_FIRST_PHOTO = datetime(2025, 8, 10, 16, 54, 0)  # when the first was taken (its name says when)
+
+
 def demo_images(n: int = 8) -> list[tuple[str, str, bytes]]:
     from PIL import Image, ImageDraw
 
-    colours = [(200, 40, 40), (40, 160, 60), (40, 80, 200), (220, 180, 30), (150, 60, 170), (30, 170, 170),
-               (240, 120, 20), (90, 90, 90)]
+    first, last = DEMO_TASK
     out = []
-    for i in range(n):
-        colour = colours[i % len(colours)]
+    for i in range(1, n + 1):
+        if i < first:
+            scene, colour = "the shelf, empty", (120, 120, 120)  # grey
+        elif i <= last:
+            scene, colour = "restocking the green box", (40, 160, 60)
+        else:
+            scene, colour = "the shelf, restocked", (40, 80, 200)  # blue
         img = Image.new("RGB", (320, 240), colour)
         draw = ImageDraw.Draw(img)
-        draw.rectangle((20 + 30 * i, 60, 80 + 30 * i, 180), fill=(255, 255, 255))
-        draw.text((10, 10), f"demo frame {i + 1}", fill=(0, 0, 0))
+        draw.rectangle((0, 200, 320, 215), fill=(255, 255, 255))  # the shelf board
+        if first <= i <= last:  # the box rises onto the shelf
+            top = 200 - 25 * (i - first + 1)
+            draw.rectangle((120, top, 200, 200), fill=(20, 110, 40))
+        draw.text((10, 10), f"demo photo {i}: {scene}", fill=(0, 0, 0))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
-        out.append((f"photo_20250810_1654{i * 5:02d}", "jpg", buf.getvalue()))
+        taken = DEMO_FIRST_PHOTO + timedelta(seconds=(i - 1) * DEMO_PHOTO_INTERVAL)
+        out.append((taken.strftime("photo_%Y%m%d_%H%M%S"), "jpg", buf.getvalue()))
     return out
 
 

@@ -15,10 +15,11 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
+from types import TracebackType
 
 from pythonjsonlogger.json import JsonFormatter
-
 
 job_id: ContextVar[str | None] = ContextVar("job_id", default=None)
 stream_id: ContextVar[str | None] = ContextVar("stream_id", default=None)
@@ -107,7 +108,8 @@ class OncePerInterval(logging.Filter):
 
     MAX_KINDS = 1000  # kinds remembered; older ones are forgotten past it
 
-    def __init__(self, loggers: tuple[str, ...] = STORM_LOGGERS, interval: float = STORM_INTERVAL, clock=time.monotonic):
+    def __init__(self, loggers: tuple[str, ...] = STORM_LOGGERS, interval: float = STORM_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.loggers = loggers
         self.interval = interval
@@ -156,3 +158,24 @@ def setup(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    # What Python itself would print plain on stderr: warnings, and the
+    # traceback of an exception nobody caught (uvicorn's refusal of a bad TLS
+    # key, a thread's crash), which may hold a secret.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    logging.getLogger("uncaught").critical("%s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return  # as threading's own hook: a thread that exits is no error
+    thread = args.thread.name if args.thread else "a thread"
+    logging.getLogger("uncaught").critical("in %s: %s: %s", thread, args.exc_type.__name__, args.exc_value,
+                                           exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

@@ -28,6 +28,21 @@ def postgres_url():
         pg.stop()
 
 
+@pytest.fixture
+def open_dir():
+    """A folder every user may enter, for a private PostgreSQL of its own: as
+    root the server runs as the postgres user, who cannot enter pytest's
+    tmp_path (under a mode 0700 folder)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    path = tempfile.mkdtemp(prefix="vlmnode-test-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def template_db(postgres_url):
     """A migrated database that each test's database is copied from."""

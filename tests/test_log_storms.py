@@ -4,6 +4,8 @@ saying how many were left out; other lines pass untouched."""
 import io
 import json
 import logging
+import sys
+import threading
 
 import pytest
 
@@ -74,6 +76,9 @@ def test_the_node_log_holds_the_storm_back(monkeypatch):
     handlers, level = root.handlers[:], root.level
     stream = io.StringIO()
     monkeypatch.setattr("sys.stderr", stream)
+    # setup() takes Python's own hooks too; pytest's are given back afterwards.
+    monkeypatch.setattr("sys.excepthook", sys.excepthook)
+    monkeypatch.setattr("threading.excepthook", threading.excepthook)
     logs.setup("INFO")
     try:
         for _ in range(10_000):
@@ -82,5 +87,6 @@ def test_the_node_log_holds_the_storm_back(monkeypatch):
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        logging.captureWarnings(False)
     messages = [json.loads(line)["message"] for line in stream.getvalue().splitlines()]
     assert messages == ["Exceeded concurrency limit.", "job a failed"]
