@@ -57,7 +57,7 @@ import psycopg
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from bench.database import percentile
-from bench.ports import free_port, wait_port
+from devpeers.ports import free_port, wait_port
 from bench.soak import FINAL, Node, analyse, image_ids, log_summary
 from server.config import Settings
 from server.embedded_postgres import EmbeddedPostgres, with_database

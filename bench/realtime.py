@@ -28,7 +28,7 @@ from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
 
 from bench.database import fresh_store, percentile
-from bench.ports import free_port, wait_port
+from devpeers.ports import free_port, wait_port
 from devpeers.images import solid_jpeg
 
 MODEL = "moondream:1.8b"

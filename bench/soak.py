@@ -35,7 +35,7 @@ import websockets
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from bench.database import fresh_store, percentile
-from bench.ports import free_port, wait_port
+from devpeers.ports import free_port, wait_port
 from server.domain import DomainClient, images_only
 from server.store import JobStore
 from devpeers.images import solid_jpeg

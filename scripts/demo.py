@@ -25,7 +25,7 @@ import grpc
 from google.protobuf import json_format
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from bench.ports import free_port
+from devpeers.ports import free_port
 from devpeers.fake_ollama import FakeOllama
 from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_PHOTO_INTERVAL, FakePosemesh, demo_images
 from devpeers.webhook_receiver import WebhookReceiver

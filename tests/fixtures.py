@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import inspect
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -133,12 +132,6 @@ def settings_env(settings, **overrides) -> dict[str, str]:
 
 def start_worker(settings, **overrides) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "worker.main"], env=settings_env(settings, **overrides))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for(predicate, timeout: float = 15.0, every: float = 0.05):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.fixtures import free_port
+from devpeers.ports import free_port
 
 OPEN_FILES = 2048  # the bridge's RLIMIT_NOFILE
 HEADER_TIMEOUT = 4  # seconds

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from server.bridge import rest
-from tests.fixtures import DOMAIN_ID, free_port, running_bridge, wait_for
+from devpeers.ports import free_port
+from tests.fixtures import DOMAIN_ID, running_bridge, wait_for
 
 INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
 JOB_KEYS = ["id", "status", "job_type", "domain_id", "query", "input", "output", "error", "created_at", "updated_at"]

@@ -23,7 +23,8 @@ from server import job_service
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
 from server.store import JOB_EVENTS_CHANNEL, UNAVAILABLE, DatabaseUnavailable, JobStore
-from tests.fixtures import free_port, settings_env, start_worker, wait_for
+from devpeers.ports import free_port
+from tests.fixtures import settings_env, start_worker, wait_for
 from devpeers.tcp_proxy import CuttableProxy
 from tests.fixtures import create_request, struct
 

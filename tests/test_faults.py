@@ -16,7 +16,8 @@ from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
-from tests.fixtures import free_port, running_worker, settings_env, start_worker, wait_for
+from devpeers.ports import free_port
+from tests.fixtures import running_worker, settings_env, start_worker, wait_for
 from devpeers.images import solid_jpeg
 from tests.fixtures import INPUT, create_request, struct
 from tests.fixtures import wait_final

@@ -15,7 +15,8 @@ from vlmnode.v1 import inference_pb2_grpc
 
 from server.images import MAX_PIXELS
 from server.realtime import RealtimeLimits
-from tests.fixtures import free_port, settings_env
+from devpeers.ports import free_port
+from tests.fixtures import settings_env
 
 STREAMS = 10
 FRAMES = 5  # a stream's batch

@@ -18,7 +18,8 @@ import websockets
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server import logs
-from tests.fixtures import free_port, settings_env, wait_for
+from devpeers.ports import free_port
+from tests.fixtures import settings_env, wait_for
 from devpeers.images import solid_jpeg
 from tests.fixtures import create_request, struct
 

@@ -10,7 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
 
-from tests.fixtures import free_port, running_bridge, settings_env, wait_for
+from devpeers.ports import free_port
+from tests.fixtures import running_bridge, settings_env, wait_for
 from devpeers.images import solid_jpeg
 from tests.fixtures import INPUT, create_request, struct
 from tests.fixtures import wait_final

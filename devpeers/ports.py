@@ -1,4 +1,4 @@
-"""Ports for the processes a benchmark starts."""
+"""Ports for the processes a benchmark, the demo or a test starts."""
 
 import asyncio
 import socket
