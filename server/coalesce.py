@@ -11,12 +11,12 @@ never held back for one that might follow.
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.engine import Chunk
 
 
-async def coalesced(source: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+async def coalesced(source: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:
     """The chunks of `source`, the ones that queued up while the reader was
     away joined into one: the last of them (its time, its done and counts)
     with all their text. An error of `source` comes after the text before it.

@@ -37,6 +37,7 @@ import asyncio
 import base64
 import json
 import re
+import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from httpx._multipart import FileField, MultipartStream, _format_form_param
 from python_multipart.multipart import parse_options_header
 
 from server.errors import BadInput, PeerRefused, PeerUnavailable, listed, quoted, shown
@@ -139,14 +139,17 @@ def validate_domain_id(domain_id: Any) -> str:
     return domain_id.strip().lower()
 
 
-def _check_filter(key: str, value: Any, where: str = "query.") -> str | None:
-    if value is None:
-        return None
+def _check_filter(key: str, value: Any) -> str | None:
+    """A query's optional filter: absent (None), or text as `_check_text` allows."""
+    return None if value is None else _check_text(key, value, "query.", empty_hint=" (leave it out to match any)")
+
+
+def _check_text(key: str, value: Any, where: str, *, empty_hint: str = "") -> str:
+    """A name or data type as the domain server takes it; raise BadInput."""
     if not isinstance(value, str):
         raise BadInput(f"{where}{key} must be a string, got {type(value).__name__}")
     if not value:
-        hint = " (leave it out to match any)" if where == "query." else ""
-        raise BadInput(f"{where}{key} must not be empty{hint}")
+        raise BadInput(f"{where}{key} must not be empty{empty_hint}")
     if len(value) > MAX_FILTER_LEN:
         raise BadInput(f"{where}{key} is too long (max {MAX_FILTER_LEN} characters)")
     bad = sorted(set(value) & FORBIDDEN_CHARS)
@@ -362,7 +365,7 @@ class _MultipartReader:
                     if len(buf) > MAX_PART_HEADER_BYTES:
                         raise _Broken(f"a part's headers are longer than {MAX_PART_HEADER_BYTES} bytes")
                     return False
-                line = buf[self._scan : end]
+                line = bytes(buf[self._scan : end])
                 self._scan = end + 1
                 if line in (b"", b"\r"):  # the blank line after the headers
                     break
@@ -415,9 +418,9 @@ class _MultipartReader:
             raise _Broken("a part has no Content-Disposition")
         _, params = parse_options_header(headers["content-disposition"])
         meta = {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in params.items()}
-        for key in ("id", "name", "data-type", "size"):
-            if key not in meta:
-                raise _Broken(f"a part has no {key!r} in its Content-Disposition")
+        for wanted in ("id", "name", "data-type", "size"):
+            if wanted not in meta:
+                raise _Broken(f"a part has no {wanted!r} in its Content-Disposition")
         if not _SIZE_RE.fullmatch(meta["size"]):
             raise _Broken(f"item {shown(meta['id'])} has a bad size {meta['size'][:40]!r}")
         size = int(meta["size"])
@@ -444,36 +447,33 @@ class _Broken(Exception):
     pass
 
 
-class _UploadPart(FileField):
-    """One item of an upload, framed as the real client frames it (aukilabs/posemesh:
-    core/domain-http/src/domain_data.rs, write_create_body / write_update_body):
+# What the HTML5 form encoding escapes in a Content-Disposition parameter (as httpx writes it):
+# a quote and control characters become %XX, a backslash is doubled.
+_FORM_PARAM_ESCAPES = {'"': "%22", "\\": "\\\\", **{chr(c): f"%{c:02X}" for c in range(0x20) if c != 0x1B}}
+_FORM_PARAM_RE = re.compile("|".join(re.escape(c) for c in _FORM_PARAM_ESCAPES))
+
+
+def _upload_body(disposition: dict[str, str], data: bytes) -> tuple[bytes, str]:
+    """The body of an upload and its Content-Type: one part, framed as the real client frames it
+    (aukilabs/posemesh: core/domain-http/src/domain_data.rs, write_create_body / write_update_body),
+    then the closing delimiter:
 
         Content-Type: application/octet-stream
         Content-Disposition: form-data; name="<name>"; data-type="<type>"     (create)
         Content-Disposition: form-data; id="<id>"                             (update)
 
-    httpx's MultipartStream writes the body (boundary, framing, closing delimiter); a part of its
-    own can only have `name` and `filename` in its Content-Disposition, and the domain server reads
-    `data-type` and `id` there, so this part renders its two header lines itself, each value escaped
-    by httpx's own `_format_form_param` (httpx is pinned; tests/test_domain.py checks the bytes)."""
-
-    def __init__(self, disposition: dict[str, str], data: bytes) -> None:
-        super().__init__(disposition.get("name", ""), (None, data, "application/octet-stream"))
-        self._disposition = disposition
-
-    def render_headers(self) -> bytes:
-        if not hasattr(self, "_headers"):
-            params = b"; ".join(_format_form_param(k, v) for k, v in self._disposition.items())
-            self._headers = (
-                b"Content-Type: application/octet-stream\r\nContent-Disposition: form-data; " + params + b"\r\n\r\n"
-            )
-        return self._headers
-
-
-def _upload_body(disposition: dict[str, str], data: bytes) -> MultipartStream:
-    body = MultipartStream(data={}, files={})
-    body.fields = [_UploadPart(disposition, data)]
-    return body
+    Written here because httpx's public `files=` puts Content-Disposition first and allows only
+    `name` and `filename` in it, and the domain server reads `data-type` and `id` there."""
+    boundary = secrets.token_hex(16)
+    params = "; ".join(
+        f'{key}="{_FORM_PARAM_RE.sub(lambda m: _FORM_PARAM_ESCAPES[m.group(0)], value)}"'
+        for key, value in disposition.items()
+    )
+    head = (
+        f"--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Disposition: form-data; {params}\r\n\r\n"
+    )
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 # --------------------------------------------------------------------------- #
@@ -600,8 +600,8 @@ class DomainClient:
         find_artifact_id, then upload_artifact with existing_id). An item of that name with another
         data type is somebody else's: refused with `item_exists`, never overwritten."""
         domain_id = validate_domain_id(domain_id)
-        name = _check_filter("name", name, "item ")
-        data_type = _check_filter("data_type", data_type, "item ")
+        name = _check_text("name", name, "item ")
+        data_type = _check_text("data_type", data_type, "item ")
         if not isinstance(data, bytes | bytearray):
             raise BadInput(f"item data must be bytes, got {type(data).__name__}")
         for _ in range(UPLOAD_ROUNDS):
@@ -680,16 +680,14 @@ class DomainClient:
         for attempt in (1, 2):
             grant = await self._grant(domain_id, stale=stale)
             url = f"{grant.url}/api/v1/domains/{quote(domain_id)}/data"
-            body = _upload_body(disposition, data)
+            body, content_type = _upload_body(disposition, data)
             headers = {
                 "Authorization": f"Bearer {grant.token.value}",
                 "posemesh-client-id": self._client_id,
-                "Content-Type": body.content_type,  # multipart/form-data; boundary=...
+                "Content-Type": content_type,
             }
             try:
-                resp = await self._http.request(
-                    method, url, headers=headers, content=b"".join(body), timeout=self._timeout
-                )
+                resp = await self._http.request(method, url, headers=headers, content=body, timeout=self._timeout)
             except httpx.TimeoutException as e:
                 raise PeerUnavailable(f"{DOMAIN} at {grant.url} timed out ({type(e).__name__})") from None
             except httpx.TransportError as e:

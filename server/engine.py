@@ -32,8 +32,9 @@ import json
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 import aiohttp
 import httpx
@@ -68,7 +69,8 @@ def _full_name(model: str) -> str:
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """exc, what it was raised from or during, and the members of exception groups, depth first."""
-    seen, todo = set(), [exc]
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
@@ -77,6 +79,8 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         yield e
         todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
 
+
+AnswerFormat = dict[str, Any] | Literal["json"] | None  # a JSON schema the answer must fit, or any JSON
 
 # Ollama's counts on the last part of an answer (api/types.go Metrics): tokens, and durations in nanoseconds.
 METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
@@ -147,7 +151,7 @@ class OllamaEngine:
     async def __aenter__(self) -> "OllamaEngine":
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -241,7 +245,7 @@ class OllamaEngine:
     # -- inference ---------------------------------------------------------------------
     async def stream(
         self, prompt: str, images: Sequence[bytes] = (), *, model: str | None = None, options: dict | None = None
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Yield the answer's chunks as the model writes them; the last has done set.
 
         Cancelling the consuming task closes the HTTP request, which stops Ollama. A consumer
@@ -263,7 +267,7 @@ class OllamaEngine:
         *,
         model: str | None = None,
         options: dict | None = None,
-        format: dict | str | None = None,
+        format: AnswerFormat = None,
     ) -> Answer:
         """The whole answer, streamed under the hood (see the module's docstring)."""
         text: list[str] = []
@@ -299,8 +303,8 @@ class OllamaEngine:
         return self.tokens[_full_name(model)].prompt(prompt, images) + (answer_tokens or ANSWER_RESERVE) <= window
 
     async def _parts(
-        self, model: str, prompt: str, images: Sequence[bytes], options: dict | None, format=None
-    ) -> AsyncIterator[ollama.GenerateResponse]:
+        self, model: str, prompt: str, images: Sequence[bytes], options: dict | None, format: AnswerFormat = None
+    ) -> AsyncGenerator[ollama.GenerateResponse, None]:
         """One streamed /api/generate, under a slot of the model; a model that went
         missing is pulled and asked once more (before anything was written)."""
         name = _full_name(model)
@@ -319,8 +323,8 @@ class OllamaEngine:
                 await self.ensure_model(name)
 
     async def _generate(
-        self, info: ModelInfo, prompt: str, images: Sequence[bytes], options: dict, format
-    ) -> AsyncIterator[ollama.GenerateResponse]:
+        self, info: ModelInfo, prompt: str, images: Sequence[bytes], options: dict, format: AnswerFormat
+    ) -> AsyncGenerator[ollama.GenerateResponse, None]:
         model = info.name
         if images and not info.vision:
             raise PeerRefused(f"model {quoted(model)} cannot see images (Ollama at {self.host})", code="model_unsuitable")
@@ -340,7 +344,8 @@ class OllamaEngine:
                 parts = await self._client.generate(
                     model, prompt, images=list(images) or None, options=options, format=format or None, stream=True
                 )
-                async with contextlib.aclosing(parts):
+                # The client's stream is an async generator (typed as an iterator): closed, it ends the request.
+                async with contextlib.aclosing(cast(AsyncGenerator[ollama.GenerateResponse, None], parts)):
                     async for part in parts:
                         if part.done:
                             counted = part.prompt_eval_count or 0
@@ -365,7 +370,7 @@ class OllamaEngine:
 
     # -- errors ------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _timed(self, model: str, *, images: int = 0):
+    async def _timed(self, model: str, *, images: int = 0) -> AsyncIterator[None]:
         """An answer: timed by model, and its failure counted."""
         started = time.perf_counter()
         try:
@@ -375,7 +380,7 @@ class OllamaEngine:
             metrics.OLLAMA_SECONDS.labels(model).observe(time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
-    async def _talking(self, model: str | None = None, *, images: int = 0):
+    async def _talking(self, model: str | None = None, *, images: int = 0) -> AsyncIterator[None]:
         """Any request: its failure counted by model, as one of our errors."""
         try:
             async with self._translating(model, images=images):
@@ -385,7 +390,7 @@ class OllamaEngine:
             raise
 
     @contextlib.asynccontextmanager
-    async def _translating(self, model: str | None = None, *, images: int = 0):
+    async def _translating(self, model: str | None = None, *, images: int = 0) -> AsyncIterator[None]:
         """Turn whatever the client or httpx raises into our errors."""
         try:
             yield

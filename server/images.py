@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import ParamSpec, TypeVar
 
 from PIL import ExifTags, Image, ImageDraw
 
@@ -158,7 +159,11 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-async def _in_pool(fn: Callable, *args, **kwargs):
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def _in_pool(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     global _pool
     with _pool_lock:
         if _pool is None:

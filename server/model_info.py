@@ -39,7 +39,7 @@ class ModelInfo:
         return max(window, MIN_VISION_CONTEXT) if self.vision else window
 
     @classmethod
-    def from_show(cls, name: str, capabilities: list[str] | None, details: Any, model_info: Mapping | None):
+    def from_show(cls, name: str, capabilities: list[str] | None, details: Any, model_info: Mapping | None) -> "ModelInfo":
         info = dict(model_info or {})
         architecture = info.get("general.architecture")
         families = {architecture} if isinstance(architecture, str) else set()

@@ -234,6 +234,7 @@ class Session:
 
     async def _answer(self, batch: list[QueuedFrame]) -> AsyncIterator[inference_pb2.InferResponse]:
         prompt = self.prompt
+        assert prompt is not None  # a batch is taken only once a prompt came (_take_batch)
         limits = self.limits
         prepared = await asyncio.gather(
             *(

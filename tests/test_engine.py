@@ -113,8 +113,11 @@ async def test_a_cut_json_answer_is_a_bad_model_answer(engine):
 
 # -- 1. one request at a time ----------------------------------------------------------------------------------
 async def test_one_slot_per_model_by_default_and_the_wait_is_measured():
-    waits = metrics.OLLAMA_SLOT_WAIT.labels(VLM)
-    before = waits._sum.get()
+    def waited() -> float:  # seconds VLM captions waited for a slot, so far
+        [family] = metrics.OLLAMA_SLOT_WAIT.collect()
+        return sum(s.value for s in family.samples if s.name.endswith("_sum") and s.labels == {"model": VLM})
+
+    before = waited()
     with FakeOllama(latency=0.1) as fake:
         async with OllamaEngine(fake.url, vlm_model=VLM, llm_model=LLM) as engine:
             answers = await asyncio.gather(
@@ -125,7 +128,7 @@ async def test_one_slot_per_model_by_default_and_the_wait_is_measured():
     # Ollama never had to queue: the engine held the rest back, one per model.
     assert fake.max_in_flight_by_model == {VLM: 1, LLM: 1}
     assert not any(r["waited"] for r in fake.requests)
-    assert waits._sum.get() - before > 0.2  # three captions waited for the one before
+    assert waited() - before > 0.2  # three captions waited for the one before
 
 
 async def test_more_slots_when_ollama_has_them():

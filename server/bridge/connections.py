@@ -24,6 +24,7 @@ So, as a protocol class given to uvicorn (`http=`):
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -38,7 +39,7 @@ class EdgeH11Protocol(H11Protocol):
     # class (`with_limits`), shared by its connections.
     idle: dict["EdgeH11Protocol", None] = {}
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
         self._turned_away = False

@@ -27,6 +27,7 @@ echoed). A plain HTTP GET, without the upgrade, is answered 426.
 import asyncio
 import json
 import logging
+from typing import TypeAlias
 
 import grpc
 from starlette.requests import Request
@@ -40,6 +41,7 @@ from server.bridge.auth import caller_metadata
 from server.errors import quoted
 
 log = logging.getLogger(__name__)
+InferCall: TypeAlias = grpc.aio.StreamStreamCall[pb.InferRequest, pb.InferResponse]  # one Infer, relayed
 
 MAX_NUM_PREDICT = 8192
 SUBPROTOCOL = "vlmnode"
@@ -111,7 +113,7 @@ def text_object(chunk: pb.AnswerChunk) -> dict:
     return answer
 
 
-async def _client_to_node(websocket: WebSocket, call) -> None:
+async def _client_to_node(websocket: WebSocket, call: InferCall) -> None:
     """Passes the client's messages on until it leaves. Returns early when the
     node has ended the call: why is for the reading side to say, since a
     write racing the end can make grpc report a bare INTERNAL instead."""
@@ -134,7 +136,7 @@ async def _client_to_node(websocket: WebSocket, call) -> None:
             return
 
 
-async def _node_to_client(websocket: WebSocket, call, answer_format: str) -> None:
+async def _node_to_client(websocket: WebSocket, call: InferCall, answer_format: str) -> None:
     async for response in call:
         kind = response.WhichOneof("message")
         if kind == "notice":
