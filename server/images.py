@@ -27,6 +27,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -43,6 +44,7 @@ MAX_BYTES = 20 * 1024 * 1024  # bytes of encoded input
 MAX_PIXELS = 4096 * 4096
 JPEG_QUALITY = 85
 EXIF_DATETIME_FORMAT = "%Y:%m:%d %H:%M:%S"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-async def _in_pool(fn: Callable, *args, **kwargs):
+async def _in_pool(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     global _pool
     with _pool_lock:
         if _pool is None:

@@ -11,18 +11,18 @@ import subprocess
 import sys
 import time
 
+from server import logs
 from server.config import load
 from server.embedded_postgres import EmbeddedPostgres
-
-DEFAULT_DATA_DIR = ".vlmnode-data"
 
 
 def main() -> None:
     settings = load("vlm-node")
+    logs.setup(settings.log_level)
     env = dict(os.environ)
     pg = None
     if not settings.postgres_url:
-        data_dir = os.path.abspath(os.path.join(settings.data_dir or DEFAULT_DATA_DIR, "postgres"))
+        data_dir = os.path.abspath(os.path.join(settings.data_dir, "postgres"))
         print(f"vlm-node: POSTGRES_URL is not set; starting a private PostgreSQL in {data_dir}", file=sys.stderr)
         pg = EmbeddedPostgres(data_dir)
         env["POSTGRES_URL"] = pg.start()

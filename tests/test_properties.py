@@ -31,6 +31,7 @@ from PIL import Image
 from vlmnode.v1 import inference_pb2 as pb
 
 from server import images
+from server.config import Settings
 from server.domain import DomainClient, DomainQuery, validate_domain_id, validate_query
 from server.errors import BadInput, PeerUnavailable
 from server.jobs import JOB_TYPES, MAX_PROMPT_CHARS, JobInput, validate_input, validate_job
@@ -216,7 +217,7 @@ def test_refusals_are_one_line(job_type, domain_id, query, data):
 
 # --------------------------------------------------------------------------- realtime stream configs
 
-LIMITS = RealtimeLimits()
+LIMITS = RealtimeLimits.from_settings(Settings())
 int32s = st.integers(-(2**31), 2**31 - 1)
 
 

@@ -11,6 +11,7 @@ import uvicorn
 
 from server.bridge.connections import EdgeH11Protocol
 from server.bridge.ws_connections import EdgeWebSocketProtocol
+from server import logs
 from server.config import Settings, load
 
 log = logging.getLogger("server.bridge.main")  # also when run as __main__
@@ -88,6 +89,7 @@ def uvicorn_options(settings: Settings) -> dict:
 
 def main() -> None:
     settings = load("vlm-node-bridge")
+    logs.setup(settings.log_level)
     raise_open_file_limit()
     from server.auth import Tokens
     from server.bridge.app import create_app
