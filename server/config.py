@@ -312,6 +312,16 @@ class Settings:
         return bool(self.tls_cert_file and self.tls_key_file)
 
     @property
+    def bridge_target(self) -> str:
+        """Where the bridge dials the gRPC server (GRPC_TARGET's default)."""
+        return self.grpc_target or f"localhost:{self.grpc_port}"
+
+    @property
+    def bridge_ca_file(self) -> str:
+        """What the bridge trusts of a TLS gRPC server (GRPC_CA_FILE's default); empty: plain gRPC."""
+        return self.grpc_ca_file or (self.tls_cert_file if self.tls else "")
+
+    @property
     def posemesh_configured(self) -> bool:
         return bool(self.api_url and self.dds_url and self.posemesh_email and self.posemesh_password)
 

@@ -95,8 +95,7 @@ def main() -> None:
     from server.bridge.app import create_app
     from server.bridge.auth import Origins
 
-    target = settings.grpc_target or f"localhost:{settings.grpc_port}"
-    ca_file = settings.grpc_ca_file or (settings.tls_cert_file if settings.tls else "")
+    target, ca_file = settings.bridge_target, settings.bridge_ca_file
     tokens = Tokens.from_settings(settings)
     tokens.say_if_open(f"HTTP port {settings.http_port}")
     app = create_app(
