@@ -7,6 +7,7 @@ and says so at start. Tokens are compared in constant time and never logged.
 
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -84,7 +85,11 @@ class BearerAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Tokens):
         self.tokens = tokens
 
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_METHODS):
             return handler

@@ -1,175 +1,307 @@
 """Settings from the environment, as the original README documents them.
 
-A missing or malformed variable stops the process at start with one line
-naming it (`ConfigError`).
+Each setting is one field of `Settings`, declared by its kind (`count`,
+`seconds`, `port`, `url`, ...): its default, bounds, unit and one-line
+description are stated there and nowhere else. `from_env` reads every
+variable by that declaration alone, then checks the rules that span settings
+(`RULES`). The README's Configuration table is printed from the declarations
+(`python -m server.config --markdown`; tests/test_config.py fails when the
+two differ). A missing or malformed variable stops the process at start with
+one line naming it (`ConfigError`).
 """
 
-import ipaddress
 import os
-import re
 import sys
-from dataclasses import dataclass, fields
-from typing import Mapping
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Callable, Iterator, Mapping
+
+from server.destinations import allowed_host, allowed_network
+from server.origins import allowed_origin
 
 
 class ConfigError(Exception):
     pass
 
 
-SINGLE_IMAGE_POLICIES = ("tile", "newest")
-# Integer settings where 0 asks for the derived default.
-ZERO_MEANS_DEFAULT = {"caption_slots", "vlm_max_images", "image_decode_slots"}
+INT_MAX = 1 << 30  # the bound of a count that has no bound of its own
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_ALLOWED_ORIGINS = ",".join(
+    f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]") for scheme in ("http", "https")
+)
 
 
-def _int(name: str, value: str, lo: int, hi: int) -> int:
+# How one kind of setting is read: (NAME, the variable's text, its spec) -> value.
+Reader = Callable[[str, str, "Spec"], Any]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a setting's field declares besides its default."""
+
+    doc: str
+    read: Reader
+    accepted: str = ""  # the values it takes, as the README says them
+    unit: str = ""
+    lo: float = 0
+    hi: float = 0
+    choices: tuple[str, ...] = ()
+    check: Callable[[str], object] | None = None  # one entry of a list; raises ValueError
+    shown: str = ""  # the default as the README says it, where the value alone would not say it
+
+
+def spec(f: Field) -> Spec:
+    return f.metadata["spec"]
+
+
+def _read_text(name: str, raw: str, s: Spec) -> str:
+    return raw
+
+
+def _read_int(name: str, raw: str, s: Spec) -> int:
     try:
-        n = int(value)
+        n = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {value!r}") from None
-    if not lo <= n <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {n}")
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not s.lo <= n <= s.hi:
+        raise ConfigError(f"{name} must be between {s.lo} and {s.hi}, got {n}")
     return n
 
 
-def _float(name: str, value: str, lo: float, hi: float) -> float:
+def _read_float(name: str, raw: str, s: Spec) -> float:
     try:
-        x = float(value)
+        x = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not lo <= x <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {x}")
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not s.lo <= x <= s.hi:
+        raise ConfigError(f"{name} must be between {s.lo} and {s.hi}, got {x}")
     return x
 
 
-def _bool(name: str, value: str) -> bool:
-    v = value.strip().lower()
+def _read_bool(name: str, raw: str, s: Spec) -> bool:
+    v = raw.strip().lower()
     if v in ("1", "true", "yes", "on"):
         return True
     if v in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-DEFAULT_ALLOWED_ORIGINS = ",".join(
-    f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]") for scheme in ("http", "https")
-)
-_ORIGIN = re.compile(r"[a-z][a-z0-9+.\-]*://(\[[0-9a-f:.]+\]|[a-z0-9\-._~%]+)(:(\d{1,5}|\*))?", re.IGNORECASE)
+def _read_url(name: str, raw: str, s: Spec) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
 
 
-def _list(name: str, value: str, check) -> str:
-    """A comma-separated list, each entry checked by `check` (which raises ValueError)."""
-    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+def _read_postgres_url(name: str, raw: str, s: Spec) -> str:
+    if not raw.startswith(("postgres://", "postgresql://")):
+        raise ConfigError(f"{name} must be a postgresql:// URL, got {raw!r}")
+    return raw
+
+
+def _read_choice(name: str, raw: str, s: Spec) -> str:
+    if raw not in s.choices:
+        raise ConfigError(f"{name} must be one of {', '.join(s.choices)}, got {raw!r}")
+    return raw
+
+
+def _read_level(name: str, raw: str, s: Spec) -> str:
+    if raw.upper() not in s.choices:
+        raise ConfigError(f"{name} must be {', '.join(s.choices[:-1])} or {s.choices[-1]}, got {raw!r}")
+    return raw.upper()
+
+
+def _read_path(name: str, raw: str, s: Spec) -> str:
+    if not os.path.isfile(raw):
+        raise ConfigError(f"{name} {raw!r} is not a file")
+    return raw
+
+
+def _read_list(name: str, raw: str, s: Spec) -> str:
+    """Comma-separated entries, each checked by the function its consumer
+    reads it with; kept as text, blanks dropped."""
+    assert s.check is not None, "a list declares how its entries are checked"
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
     for entry in entries:
         try:
-            check(entry)
+            s.check(entry)
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
     return ",".join(entries)
 
 
-def _origin(entry: str) -> None:
-    if entry != "*" and not _ORIGIN.fullmatch(entry):
-        raise ValueError(f"{entry!r} is not an origin (scheme://host[:port], a port of * for any, or *)")
+# The kinds of setting. Each returns a dataclass field carrying its Spec.
+
+def _setting(default: object, doc: str, read: Reader, **kw: Any) -> Any:
+    return field(default=default, metadata={"spec": Spec(doc, read, **kw)})
 
 
-def _network(entry: str) -> None:
-    try:
-        ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        raise ValueError(f"{entry!r} is not an IP network (e.g. 10.0.0.0/8, fd00::/8, 127.0.0.1)") from None
+def text(default: str, doc: str, *, shown: str = "") -> Any:
+    return _setting(default, doc, _read_text, shown=shown)
 
 
-def _host(entry: str) -> None:
-    if not re.fullmatch(r"(\*\.)?[a-z0-9\-._]+|\[?[0-9a-f:.]+\]?", entry, re.IGNORECASE):
-        raise ValueError(f"{entry!r} is not a host name (e.g. hooks.internal, *.svc.cluster.local)")
+def secret(doc: str) -> Any:
+    return _setting("", doc, _read_text)
 
 
-LISTS = {"allowed_origins": _origin, "webhook_allow_networks": _network, "webhook_allow_hosts": _host}
+def url(default: str, doc: str) -> Any:
+    return _setting(default, doc, _read_url, accepted="http(s) URL")
 
 
-def _url(name: str, value: str) -> str:
-    if value and not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
-    return value.rstrip("/")
+def path(doc: str, *, shown: str = "") -> Any:
+    return _setting("", doc, _read_path, accepted="a file", shown=shown)
+
+
+def flag(default: bool, doc: str) -> Any:
+    return _setting(default, doc, _read_bool, accepted="true or false")
+
+
+def count(default: int, doc: str, *, unit: str = "", lo: int = 1, hi: int = INT_MAX) -> Any:
+    accepted = f"{lo} or more" if hi == INT_MAX else f"{lo} to {hi}"
+    return _setting(default, doc, _read_int, accepted=f"{accepted} {unit}".strip(), unit=unit, lo=lo, hi=hi)
+
+
+def port(default: int, doc: str) -> Any:
+    return count(default, doc, lo=0, hi=65535)
+
+
+def seconds(default: float, doc: str) -> Any:
+    lo, hi = 0.001, 86_400  # a millisecond to a day
+    return _setting(default, doc, _read_float, accepted=f"{lo:g} to {hi:g} s", unit="s", lo=lo, hi=hi)
+
+
+def choice(default: str, doc: str, choices: tuple[str, ...]) -> Any:
+    return _setting(default, doc, _read_choice, accepted=" or ".join(f"`{c}`" for c in choices), choices=choices)
+
+
+def entries(default: str, doc: str, check: Callable[[str], object], *, shown: str = "") -> Any:
+    return _setting(default, doc, _read_list, accepted="comma-separated", check=check, shown=shown)
 
 
 @dataclass(frozen=True)
 class Settings:
-    # Seed contract.
-    postgres_url: str = ""  # empty: the run command starts a private server
-    vlm_model: str = "moondream:1.8b"
-    llm_model: str = "llama3:latest"
-    ollama_host: str = "http://localhost:11434"
-    data_dir: str = ""
-    api_url: str = ""
-    dds_url: str = ""
-    client_id: str = "vlm-node"
-    posemesh_email: str = ""
-    posemesh_password: str = ""
-    image_batch_size: int = 5
-    # Node.
-    grpc_host: str = "0.0.0.0"
-    grpc_port: int = 50051
-    http_host: str = "0.0.0.0"
-    http_port: int = 8080
-    grpc_target: str = ""  # where the bridge finds the gRPC server; empty: localhost:GRPC_PORT
-    ollama_pull: bool = True  # pull missing models at start, as the original
-    # Ollama answers OLLAMA_NUM_PARALLEL requests per model at once (its own
-    # default is 1) and queues the rest with nothing said; the node sends no
+    # The seed's settings.
+    postgres_url: str = _setting(
+        "", "PostgreSQL connection string", _read_postgres_url, accepted="postgresql:// URL",
+        shown="a private server (`make run`)",
+    )
+    vlm_model: str = text("moondream:1.8b", "Vision model name for Ollama")
+    llm_model: str = text("llama3:latest", "Language model name for Ollama")
+    ollama_host: str = url("http://localhost:11434", "Ollama server URL")
+    data_dir: str = text(".vlmnode-data", "Where `make run` keeps its private PostgreSQL")
+    api_url: str = url("", "Auki API URL")
+    dds_url: str = url("", "Domain discovery service URL")
+    client_id: str = text("vlm-node", "Client identifier, any string that helps identify you")
+    posemesh_email: str = secret("posemesh account email")
+    posemesh_password: str = secret("posemesh account password")
+    posemesh_timeout: float = seconds(30.0, "Time per posemesh request")
+    image_batch_size: int = count(5, "Frames per realtime answer when the stream asks for no batch size", unit="frames")
+    # Where the node listens.
+    grpc_host: str = text("0.0.0.0", "gRPC listen address")
+    grpc_port: int = port(50051, "gRPC listen port")
+    http_host: str = text("0.0.0.0", "HTTP/WebSocket bridge listen address")
+    http_port: int = port(8080, "HTTP/WebSocket bridge listen port")
+    grpc_target: str = text("", "Where the bridge finds the gRPC server", shown="`localhost:GRPC_PORT`")
+    # Realtime streams.
+    realtime_max_frame_bytes: int = count(8 * 1024 * 1024, "Largest frame a stream accepts", unit="bytes")
+    realtime_max_batch: int = count(16, "Most frames per realtime answer", unit="frames")
+    realtime_idle_timeout: float = seconds(300.0, "Time a stream may stay silent")
+    realtime_flush_after: float = seconds(2.0, "Quiet before queued frames are answered")
+    # Ollama. It answers OLLAMA_NUM_PARALLEL requests per model at once (its
+    # own default is 1) and queues the rest with nothing said; the node sends no
     # more than that per model and process, and waits for a slot itself.
-    ollama_num_parallel: int = 1
-    ollama_timeout: float = 120.0  # seconds of silence before a request is given up (a streamed answer resets it)
-    ollama_answer_deadline: float = 600.0  # seconds a whole answer may take, however steadily it streams
-    vlm_num_ctx: int = 4096  # tokens of context asked for the VLM (capped at what the model was trained for)
-    llm_num_ctx: int = 8192  # tokens of context asked for the LLM; a longer timeline is read in windows
-    vlm_max_images: int = 0  # images the VLM takes in one request; 0: as its family is known to take (moondream: 1)
-    realtime_single_image: str = "tile"  # a batch for a one-image VLM: "tile" (one contact sheet) or "newest" (last frame)
-    caption_max_tokens: int = 256  # longest caption, in tokens; the timeline must fit the LLM's context
-    posemesh_timeout: float = 30.0  # seconds per posemesh request
-    image_max_side: int = 1024  # pixels; the models see no more than this
-    caption_slots: int = 0  # images captioned at once within one job; 0: OLLAMA_NUM_PARALLEL
-    job_max_images: int = 1000  # images one job may take
-    worker_jobs: int = 1  # jobs one worker runs at once
-    workers: int = 1  # worker processes `python -m server.node` starts
-    metrics_port: int = 9100  # the gRPC server process's /metrics and /health; 0: any free port
-    worker_health_port: int = 8081  # a worker's /health and /metrics; 0: any free port
-    job_lease: float = 30.0  # seconds a claim lasts without renewal
-    job_max_attempts: int = 100  # attempts a job gets at most, however they end; a cap beside JOB_RETRY_FOR
-    job_retry_wait: float = 2.0  # seconds before the first retry; doubles each time, up to JOB_RETRY_MAX_WAIT
-    realtime_max_frame_bytes: int = 8 * 1024 * 1024
-    realtime_max_batch: int = 16  # frames per realtime answer
-    realtime_idle_timeout: float = 300.0  # seconds a stream may stay silent
-    realtime_flush_after: float = 2.0  # seconds of quiet before queued frames are answered
-    ws_ping_interval: float = 10.0  # seconds between the bridge's WebSocket pings, as the original
-    auth_tokens: str = ""  # comma-separated bearer tokens; none: the node is open
-    auth_tokens_file: str = ""  # one token a line
-    tls_cert_file: str = ""  # PEM; with tls_key_file, gRPC and the bridge serve TLS
-    tls_key_file: str = ""
-    grpc_ca_file: str = ""  # the bridge's trust for a TLS gRPC server; default tls_cert_file
-    webhook_secret: str = ""
-    webhook_attempts: int = 5
-    # Decoding images under a memory budget (server/images.py).
-    image_max_pixels: int = 4096 * 4096  # width x height; glasses send up to ~5 Mpx, phones 12 Mpx
-    image_decode_slots: int = 0  # images one process decodes at once; 0: one per core
-    # The bridge's connections (server/bridge/connections.py).
-    http_header_timeout: float = 10.0  # seconds for a request's head, from the connection's opening or its first byte
-    http_max_connections: int = 1000  # connections served at once; a request past it is answered 503
-    # Web pages (origins) whose scripts may call the bridge, besides its own origin:
-    # scheme://host[:port], a port of * for any, or * for every page.
-    allowed_origins: str = DEFAULT_ALLOWED_ORIGINS
-    # Webhook receivers the node may reach although they are not public addresses
-    # (loopback, private, link-local, ...): host names (*.suffix for subdomains) and CIDRs.
-    webhook_allow_hosts: str = ""
-    webhook_allow_networks: str = ""
-    # A WatchJob (and the bridge's event stream over it) that has sent its job
-    # rides out a database outage this long, then ends with UNAVAILABLE.
-    watch_outage_limit: float = 300.0  # seconds
+    ollama_pull: bool = flag(True, "Pull missing models at start, as the original")
+    ollama_num_parallel: int = count(
+        1, "Requests Ollama answers at once per model; the node sends no more per model and process "
+        "(Compose and the chart give Ollama the same value)", unit="requests",
+    )
+    ollama_timeout: float = seconds(
+        120.0, "Silence before an Ollama request is given up (every request streams, so an answer resets it)"
+    )
+    ollama_answer_deadline: float = seconds(600.0, "Time a whole answer may take, however steadily it streams")
+    vlm_num_ctx: int = count(
+        4096, "Context asked for the VLM, capped at what the model was trained for", unit="tokens"
+    )
+    llm_num_ctx: int = count(
+        8192, "Context asked for the LLM; a longer timeline is read in windows", unit="tokens"
+    )
+    vlm_max_images: int = count(
+        0, "Images the VLM takes in one request; `0`: as its family is known to (moondream, llava: one)",
+        unit="images", lo=0,
+    )
+    realtime_single_image: str = choice(
+        "tile", "A batch for a VLM that takes fewer images: one contact sheet, or the newest frame", ("tile", "newest")
+    )
+    # Images and jobs.
+    caption_max_tokens: int = count(
+        256, "Longest caption a job asks for; the timeline must fit the LLM's context", unit="tokens"
+    )
+    image_max_side: int = count(1024, "Images are scaled down to this longest side", unit="pixels")
+    image_max_pixels: int = count(
+        4096 * 4096, "Largest image (width x height) a frame or a job's photo may be; larger ones are refused "
+        "from their header (glasses send up to ~5 Mpx, phones 12 Mpx)", unit="pixels",
+    )
+    image_decode_slots: int = count(
+        0, "Images one process decodes at once; `0`: one per core it may use", unit="images", lo=0
+    )
+    caption_slots: int = count(
+        0, "Images captioned at once within a job; `0`: `OLLAMA_NUM_PARALLEL`", unit="images", lo=0
+    )
+    job_max_images: int = count(1000, "Images one job may take", unit="images")
+    workers: int = count(1, "Worker processes `make run` (`python -m server.node`) starts", unit="processes")
+    worker_jobs: int = count(1, "Jobs one worker runs at once", unit="jobs")
+    job_lease: float = seconds(30.0, "Time a worker's claim lasts without renewal")
     # A job's transient failures (Ollama or posemesh down, 5xx, timeouts, its
-    # worker lost) are retried for this long from the first failure in a row
+    # worker lost) are retried for JOB_RETRY_FOR from the first failure in a row
     # (a caption made, or a PUT retry, starts the count afresh).
-    job_retry_for: float = 900.0  # seconds
-    job_retry_max_wait: float = 60.0  # seconds; the longest wait between two attempts
-    log_level: str = "INFO"
+    job_retry_for: float = seconds(900.0, "Time a job's transient failures in a row are retried for")
+    job_retry_wait: float = seconds(
+        2.0, "Wait before the first retry; doubles each time, less up to a tenth at random, up to `JOB_RETRY_MAX_WAIT`"
+    )
+    job_retry_max_wait: float = seconds(60.0, "Longest wait between two attempts")
+    job_max_attempts: int = count(
+        100, "Attempts a job gets at most, however they end (a cap beside `JOB_RETRY_FOR`)", unit="attempts"
+    )
+    watch_outage_limit: float = seconds(
+        300.0, "Time a `WatchJob` or event stream that has sent its job rides out a database outage, "
+        "then ends with UNAVAILABLE"
+    )
+    # Who may use the node.
+    auth_tokens: str = _setting(
+        "", "Bearer tokens the node accepts, comma-separated; none: open", _read_text, accepted="comma-separated"
+    )
+    auth_tokens_file: str = path("A file of tokens, one a line (e.g. a mounted Secret)")
+    tls_cert_file: str = path("PEM certificate: with `TLS_KEY_FILE`, gRPC and the bridge serve TLS")
+    tls_key_file: str = path("PEM key of `TLS_CERT_FILE`")
+    grpc_ca_file: str = path("The bridge's trust for a TLS gRPC server", shown="`TLS_CERT_FILE`")
+    # Health and metrics.
+    metrics_port: int = port(9100, "The gRPC server process's `/metrics` and `/health`; `0`: any free port")
+    worker_health_port: int = port(8081, "A worker's `/health` and `/metrics`; `0`: any free port")
+    # The bridge's connections (server/bridge/connections.py).
+    ws_ping_interval: float = seconds(10.0, "Time between the bridge's WebSocket pings, as the original")
+    http_header_timeout: float = seconds(
+        10.0, "Time the bridge waits for a request's head (from the connection's opening or its first byte) "
+        "before closing the connection"
+    )
+    http_max_connections: int = count(
+        1000, "Connections the bridge serves at once; a request past it gets 503", unit="connections"
+    )
+    allowed_origins: str = entries(
+        DEFAULT_ALLOWED_ORIGINS, "Web pages (`scheme://host[:port]`, `:*` for any port, or `*`) whose scripts "
+        "may call the bridge, besides its own origin", allowed_origin, shown="localhost pages",
+    )
+    # Webhooks.
+    webhook_secret: str = secret("Signs webhook deliveries (HMAC-SHA256)")
+    webhook_attempts: int = count(5, "Delivery attempts per webhook", unit="attempts")
+    # Receivers the node may reach although they are not public addresses
+    # (loopback, private, link-local, ...).
+    webhook_allow_networks: str = entries(
+        "", "CIDRs of non-public addresses a webhook may reach (e.g. `10.0.0.0/8`)", allowed_network
+    )
+    webhook_allow_hosts: str = entries(
+        "", "Host names (`*.suffix` for all under one) a webhook may reach whatever their addresses", allowed_host
+    )
+    log_level: str = _setting("INFO", "The least severe log lines written", _read_level, accepted="`DEBUG`, `INFO`, `WARNING` or "
+                              "`ERROR`", choices=LOG_LEVELS)
 
     @property
     def caption_concurrency(self) -> int:
@@ -180,66 +312,115 @@ class Settings:
         return bool(self.tls_cert_file and self.tls_key_file)
 
     @property
+    def bridge_target(self) -> str:
+        """Where the bridge dials the gRPC server (GRPC_TARGET's default)."""
+        return self.grpc_target or f"localhost:{self.grpc_port}"
+
+    @property
+    def bridge_ca_file(self) -> str:
+        """What the bridge trusts of a TLS gRPC server (GRPC_CA_FILE's default); empty: plain gRPC."""
+        return self.grpc_ca_file or (self.tls_cert_file if self.tls else "")
+
+    @property
     def posemesh_configured(self) -> bool:
         return bool(self.api_url and self.dds_url and self.posemesh_email and self.posemesh_password)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        """The settings `env` (default: this process's environment) gives,
+        each read as its field declares; unset or empty: the default."""
         env = os.environ if env is None else env
-        values: dict = {}
+        values: dict[str, Any] = {}
         for f in fields(cls):
             name = f.name.upper()
             raw = env.get(name)
-            if raw is None or raw == "":
-                continue
-            values[f.name] = raw
-        parsed = {}
-        for key, raw in values.items():
-            name = key.upper()
-            kind = type(getattr(cls, key))
-            if key in ("ollama_host", "api_url", "dds_url"):
-                parsed[key] = _url(name, raw)
-            elif key == "postgres_url" and not raw.startswith(("postgres://", "postgresql://")):
-                raise ConfigError(f"{name} must be a postgresql:// URL, got {raw!r}")
-            elif key == "realtime_single_image":
-                if raw not in SINGLE_IMAGE_POLICIES:
-                    raise ConfigError(f"{name} must be one of {', '.join(SINGLE_IMAGE_POLICIES)}, got {raw!r}")
-                parsed[key] = raw
-            elif key == "log_level":
-                if raw.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                    raise ConfigError(f"{name} must be DEBUG, INFO, WARNING or ERROR, got {raw!r}")
-                parsed[key] = raw.upper()
-            elif key in LISTS:
-                parsed[key] = _list(name, raw, LISTS[key])
-            elif kind is bool:
-                parsed[key] = _bool(name, raw)
-            elif kind is int:
-                hi = 65535 if key.endswith("port") else 1 << 30
-                parsed[key] = _int(name, raw, 0 if key in ZERO_MEANS_DEFAULT or key.endswith("port") else 1, hi)
-            elif kind is float:
-                parsed[key] = _float(name, raw, 0.001, 86_400)
-            else:
-                parsed[key] = raw
-        settings = cls(**{**values, **parsed})
-        if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
-            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
-        for name in ("tls_cert_file", "tls_key_file", "grpc_ca_file", "auth_tokens_file"):
-            path = getattr(settings, name)
-            if path and not os.path.isfile(path):
-                raise ConfigError(f"{name.upper()} {path!r} is not a file")
+            if raw:
+                values[f.name] = spec(f).read(name, raw, spec(f))
+        settings = cls(**values)
+        for broken in broken_rules(settings):
+            raise ConfigError(broken)
         return settings
 
 
-def load(program: str, *, need_postgres: bool = False) -> Settings:
-    """The settings of a process, with logging set up; a bad setting ends the
-    process with one line."""
-    from server import logs
+# Rules that span settings: each says, in one line naming them, why a pair
+# cannot work, or None.
 
+def _tls_pair(s: Settings) -> str | None:
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        return "TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither"
+    return None
+
+
+def _default_batch_fits(s: Settings) -> str | None:
+    if s.image_batch_size > s.realtime_max_batch:
+        return (f"IMAGE_BATCH_SIZE ({s.image_batch_size}) must not be more than REALTIME_MAX_BATCH "
+                f"({s.realtime_max_batch}): every stream that takes the default batch would be refused")
+    return None
+
+
+def _first_wait_fits(s: Settings) -> str | None:
+    if s.job_retry_wait > s.job_retry_max_wait:
+        return (f"JOB_RETRY_WAIT ({s.job_retry_wait:g}) must not be more than JOB_RETRY_MAX_WAIT "
+                f"({s.job_retry_max_wait:g}), the longest wait between two attempts")
+    return None
+
+
+def _flush_before_idle(s: Settings) -> str | None:
+    if s.realtime_flush_after >= s.realtime_idle_timeout:
+        return (f"REALTIME_FLUSH_AFTER ({s.realtime_flush_after:g}) must be less than REALTIME_IDLE_TIMEOUT "
+                f"({s.realtime_idle_timeout:g}): a stream would be closed before its queued frames are answered")
+    return None
+
+
+RULES: tuple[Callable[[Settings], str | None], ...] = (
+    _tls_pair, _default_batch_fits, _first_wait_fits, _flush_before_idle,
+)
+
+
+def broken_rules(settings: Settings) -> Iterator[str]:
+    for rule in RULES:
+        if (broken := rule(settings)) is not None:
+            yield broken
+
+
+def load(program: str, *, need_postgres: bool = False) -> Settings:
+    """The settings of a process; a bad setting ends the process with one line."""
     try:
         settings = Settings.from_env()
         if need_postgres and not settings.postgres_url:
             raise ConfigError("POSTGRES_URL is required (or use `make run`, which starts a private PostgreSQL)")
     except ConfigError as exc:
         sys.exit(f"{program}: {exc}")
-    logs.setup(settings.log_level)
     return settings
+
+
+# The README's Configuration table.
+
+def _shown_default(f: Field) -> str:
+    s = spec(f)
+    if s.shown:
+        return s.shown
+    value = f.default
+    if value == "":
+        return "-"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def markdown_rows() -> list[str]:
+    return [
+        f"| `{f.name.upper()}` | {spec(f).doc} | {_shown_default(f)} | {spec(f).accepted or '-'} |"
+        for f in fields(Settings)
+    ]
+
+
+MARKDOWN_HEAD = ["| Variable | Description | Default | Accepted |", "|----------|-------------|---------|----------|"]
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m server.config --markdown   (prints the README's Configuration table)")
+    print("\n".join(MARKDOWN_HEAD + markdown_rows()))

@@ -30,17 +30,22 @@ addresses are not checked at all, for operators with internal receivers.
 
 import asyncio
 import ipaddress
+import re
 import socket
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlsplit
 
 from server.errors import BadInput, PeerRefused, PeerUnavailable
+
+if TYPE_CHECKING:
+    from server.config import Settings  # config reads its lists with this module's parsers
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 REFUSED = "webhook_refused"  # the job error's code
 ALLOW_HINT = "an operator can allow it with WEBHOOK_ALLOW_NETWORKS or WEBHOOK_ALLOW_HOSTS"
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain")  # and every name under .localhost
+_HOST = re.compile(r"(\*\.)?[a-z0-9\-._]+|\[?[0-9a-f:.]+\]?", re.IGNORECASE)  # a name, *.suffix, or an address
 
 
 def _judged(address: Address) -> Address:
@@ -93,7 +98,7 @@ def _literal(host: str) -> list[Address]:
     return _addresses(infos)
 
 
-def _addresses(infos) -> list[Address]:
+def _addresses(infos: Iterable[tuple[Any, ...]]) -> list[Address]:
     seen: list[Address] = []
     for family, _, _, _, sockaddr in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
@@ -103,17 +108,33 @@ def _addresses(infos) -> list[Address]:
     return seen
 
 
+def allowed_host(entry: str) -> str:
+    """One WEBHOOK_ALLOW_HOSTS entry, as matched; ValueError names a malformed one."""
+    if not _HOST.fullmatch(entry.strip()):
+        raise ValueError(f"{entry!r} is not a host name (e.g. hooks.internal, *.svc.cluster.local)")
+    return _name(entry)
+
+
+def allowed_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One WEBHOOK_ALLOW_NETWORKS entry; ValueError names a malformed one."""
+    try:
+        return ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{entry!r} is not an IP network (e.g. 10.0.0.0/8, fd00::/8, 127.0.0.1)") from None
+
+
 class Destinations:
     """The webhook receivers the node may reach."""
 
     def __init__(self, hosts: Iterable[str] = (), networks: Iterable[str] = ()):
-        names = [_name(h) for h in hosts if h.strip()]
+        names = [allowed_host(h) for h in hosts if h.strip()]
         self.hosts = {n for n in names if not n.startswith("*.")}
         self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # ".svc.cluster.local"
-        self.networks = [ipaddress.ip_network(n.strip(), strict=False) for n in networks if n.strip()]
+        self.networks = [allowed_network(n) for n in networks if n.strip()]
 
     @classmethod
-    def from_settings(cls, settings) -> "Destinations":
+    def from_settings(cls, settings: "Settings") -> "Destinations":
+        """Read by the functions that checked the settings at start."""
         return cls(settings.webhook_allow_hosts.split(","), settings.webhook_allow_networks.split(","))
 
     def host_allowed(self, host: str) -> bool:

@@ -48,16 +48,7 @@ class NodeServer:
         )
         self.gauges = QueueGauges(self.store)
         self.ops = OpsServer(settings.http_host, settings.metrics_port, self._health)
-        self.limits = RealtimeLimits(
-            max_frame_bytes=settings.realtime_max_frame_bytes,
-            max_batch=settings.realtime_max_batch,
-            idle_timeout=settings.realtime_idle_timeout,
-            flush_after=settings.realtime_flush_after,
-            image_max_side=settings.image_max_side,
-            max_images=settings.vlm_max_images,
-            single_image=settings.realtime_single_image,
-            max_pixels=settings.image_max_pixels,
-        )
+        self.limits = RealtimeLimits.from_settings(settings)
         images.set_decode_slots(settings.image_decode_slots)
         max_message = settings.realtime_max_frame_bytes + MESSAGE_OVERHEAD
         self.tokens = Tokens.from_settings(settings)

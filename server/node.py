@@ -20,7 +20,6 @@ from server.embedded_postgres import EmbeddedPostgres, PostgresStartError
 
 log = logging.getLogger("server.node")  # also when run as __main__
 
-DEFAULT_DATA_DIR = ".vlmnode-data"
 POLL = 0.2  # seconds between two looks at the children (and, until it answers, at the bridge's port)
 WILDCARDS = ("", "0.0.0.0", "::")  # hosts that listen on every address
 
@@ -52,7 +51,7 @@ def _answers(host: str, port: int) -> bool:
 def private_postgres(settings: Settings) -> tuple[EmbeddedPostgres, str]:
     """A private PostgreSQL in DATA_DIR/postgres, started, and its URL; when
     it does not start, one line saying why and how to go on, and exit 1."""
-    data_dir = os.path.abspath(os.path.join(settings.data_dir or DEFAULT_DATA_DIR, "postgres"))
+    data_dir = os.path.abspath(os.path.join(settings.data_dir, "postgres"))
     log.info("POSTGRES_URL is not set; starting a private PostgreSQL in %s", data_dir)
     pg = EmbeddedPostgres(data_dir)
     try:

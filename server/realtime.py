@@ -25,7 +25,8 @@ from server.coalesce import coalesced
 from server.engine import Chunk, OllamaEngine
 from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, quoted, shown
 from server.grpc_errors import status_for
-from server.images import MAX_PIXELS, check_image, prepare, tile
+from server.config import Settings
+from server.images import check_image, prepare, tile
 from server.model_info import MODEL_NAME, ModelInfo
 
 NO_PROMPT = "No prompt received for image batch"
@@ -37,18 +38,33 @@ TILED = "The image shows {n} frames from a camera, in time order, left to right 
 
 @dataclass(frozen=True)
 class RealtimeLimits:
-    max_frame_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = MAX_PIXELS  # IMAGE_MAX_PIXELS: refused from the header, before any decode
-    max_batch: int = 16  # frames per answer
+    # From the settings (server/config.py says what each is).
+    max_frame_bytes: int  # REALTIME_MAX_FRAME_BYTES
+    max_pixels: int  # IMAGE_MAX_PIXELS: refused from the header, before any decode
+    max_batch: int  # REALTIME_MAX_BATCH
+    idle_timeout: float  # REALTIME_IDLE_TIMEOUT
+    flush_after: float  # REALTIME_FLUSH_AFTER
+    image_max_side: int  # IMAGE_MAX_SIDE
+    max_images: int  # VLM_MAX_IMAGES
+    single_image: str  # REALTIME_SINGLE_IMAGE
+    # The node's own.
     max_prompt_chars: int = 8000
     max_num_predict: int = 8192
-    idle_timeout: float = 300.0  # seconds without a message before the stream is closed
     max_failed_answers: int = 3  # answers in a row the model may fail before the stream ends
     max_bad_frames: int = 5  # frames in a row refused (not an image, too large); the last of them ends the stream
-    flush_after: float = 2.0  # seconds of quiet before queued frames are answered anyway
-    image_max_side: int = 1024
-    max_images: int = 0  # images the VLM takes in one request; 0: as its family is known to take
-    single_image: str = "tile"  # a batch for a model that takes fewer: "tile" (one contact sheet) or "newest"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RealtimeLimits":
+        return cls(
+            max_frame_bytes=settings.realtime_max_frame_bytes,
+            max_pixels=settings.image_max_pixels,
+            max_batch=settings.realtime_max_batch,
+            idle_timeout=settings.realtime_idle_timeout,
+            flush_after=settings.realtime_flush_after,
+            image_max_side=settings.image_max_side,
+            max_images=settings.vlm_max_images,
+            single_image=settings.realtime_single_image,
+        )
 
 
 @dataclass(frozen=True)

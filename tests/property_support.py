@@ -24,6 +24,7 @@ from vlmnode.v1 import inference_pb2 as pb
 
 from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
 from server.jobs import MAX_PROMPT_CHARS
+from server.config import Settings
 from server.realtime import RealtimeLimits
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -164,7 +165,7 @@ near_inputs = st.one_of(
 
 # --------------------------------------------------------------------------- realtime stream configs
 
-LIMITS = RealtimeLimits()
+LIMITS = RealtimeLimits.from_settings(Settings())
 int32s = st.integers(-(2**31), 2**31 - 1)
 
 

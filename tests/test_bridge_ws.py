@@ -22,7 +22,7 @@ from devpeers.images import solid_jpeg
 from tests.fixtures import TYPESCRIPT_CLIENT, run_in_typescript_client
 
 NO_PROMPT = "No prompt received for image batch"
-MAX_BAD_FRAMES = RealtimeLimits().max_bad_frames
+MAX_BAD_FRAMES = RealtimeLimits.max_bad_frames
 # Ollama's /api/generate stream objects, in its order (api/types.go GenerateResponse, Metrics), then ours.
 OLLAMA_FIELDS = ["model", "created_at", "response", "done"]
 LAST_FIELDS = ["done_reason", "total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",

@@ -91,7 +91,7 @@ async def test_ten_streams_of_large_frames_stay_within_the_memory_budget(setting
             # Over the limit: each frame is refused from its header, and a
             # stream's batch of them, bad frames in a row, ends it with one line.
             bomb = solid_png(6300, 6300)
-            assert len(bomb) < 140_000 and FRAMES == RealtimeLimits().max_bad_frames
+            assert len(bomb) < 140_000 and FRAMES == RealtimeLimits.max_bad_frames
             ended = await asyncio.gather(*(one_stream(stub, bomb) for _ in range(STREAMS)))
             expected = (
                 f"frame f{FRAMES - 1}: image too large: 6300x6300 pixels (limit {MAX_PIXELS}) "

@@ -15,7 +15,7 @@ from tests.fixtures import wait_for
 from devpeers.images import solid_jpeg
 
 pb = inference_pb2
-MAX_BAD_FRAMES = RealtimeLimits().max_bad_frames
+MAX_BAD_FRAMES = RealtimeLimits.max_bad_frames
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from server.bridge.main import WS_OVERHEAD
 from server.bridge.websocket import error_message
 from server.bridge.rest import MAX_BODY
+from server.config import Settings
 from server.errors import BadInput
 from server.grpc_server import MESSAGE_OVERHEAD, NodeServer
 from server.images import check_image
@@ -340,7 +341,7 @@ async def test_rest_refusals_are_one_line(rest, request):
 
 MAX_FRAME = 20_000
 JPEGS = [solid_jpeg(colour, size=(24, 16)) for colour in ("red", "green", "blue")] + [solid_png(size=(20, 20))]
-LIMITS = RealtimeLimits(max_frame_bytes=MAX_FRAME)
+LIMITS = RealtimeLimits.from_settings(Settings(realtime_max_frame_bytes=MAX_FRAME))
 MAX_BAD_FRAMES = LIMITS.max_bad_frames
 
 

@@ -3,6 +3,7 @@
 import asyncio
 import signal
 
+from server import logs
 from server.config import Settings, load
 
 
@@ -43,7 +44,9 @@ async def _run(settings: Settings) -> None:
 
 
 def main() -> None:
-    asyncio.run(_run(load("vlm-node-worker", need_postgres=True)))
+    settings = load("vlm-node-worker", need_postgres=True)
+    logs.setup(settings.log_level)
+    asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ through.
 """
 
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Iterable
 from urllib.parse import unquote_plus, urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -33,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from server.auth import UNAUTHENTICATED, Tokens, bearer
-from server.config import DEFAULT_ALLOWED_ORIGINS
+from server.config import DEFAULT_ALLOWED_ORIGINS, Settings
+from server.origins import DEFAULT_PORTS, Origin, allowed_origin, parse_origin
 
 SUBPROTOCOL_PREFIX = "bearer."
 QUERY_TOKEN = "access_token"
@@ -132,54 +131,19 @@ FOREIGN_ORIGIN = "requests from this web page's origin are not allowed (ALLOWED_
 CORS_METHODS = "GET, POST, PUT"
 CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE = "600"  # seconds a browser may keep a preflight's answer
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-@dataclass(frozen=True)
-class _Origin:
-    scheme: str
-    host: str
-    port: int | None  # None: any port (a pattern's `:*`)
-
-
-def _parse_origin(text: str, *, pattern: bool = False) -> _Origin | None:
-    text = text.strip().lower()
-    any_port = pattern and text.endswith(":*")
-    if any_port:
-        text = text[:-2]
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        return None
-    if not parts.scheme or not parts.hostname or parts.path or parts.query or parts.fragment or parts.username:
-        return None
-    if any_port:
-        if parts.port is not None:
-            return None
-        return _Origin(parts.scheme, parts.hostname, None)
-    return _Origin(parts.scheme, parts.hostname, port if port is not None else DEFAULT_PORTS.get(parts.scheme))
-
-
-def parse_allowed_origins(value: str) -> list[str]:
-    """The entries of an ALLOWED_ORIGINS value; ValueError names a malformed one."""
-    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
-    for entry in entries:
-        if entry != "*" and _parse_origin(entry, pattern=True) is None:
-            raise ValueError(f"{entry!r} is not an origin (scheme://host[:port], a port of * for any, or *)")
-    return entries
 
 
 class Origins:
     """The web pages whose scripts may call the bridge."""
 
-    def __init__(self, allowed: Iterable[str] | str = DEFAULT_ALLOWED_ORIGINS):
-        entries = parse_allowed_origins(allowed) if isinstance(allowed, str) else list(allowed)
-        self.any = "*" in entries
-        self.allowed = [o for o in (_parse_origin(e, pattern=True) for e in entries if e != "*") if o is not None]
+    def __init__(self, allowed: str = DEFAULT_ALLOWED_ORIGINS):
+        """`allowed` as ALLOWED_ORIGINS says it, read by the function that checked it at start."""
+        entries = [allowed_origin(entry.strip()) for entry in allowed.split(",") if entry.strip()]
+        self.any = None in entries
+        self.allowed = [o for o in entries if o is not None]
 
     @classmethod
-    def from_settings(cls, settings) -> "Origins":
+    def from_settings(cls, settings: Settings) -> "Origins":
         return cls(settings.allowed_origins)
 
     def allows(self, origin: str, *hosts: str | None) -> bool:
@@ -188,7 +152,7 @@ class Origins:
         origin always may."""
         if self.any:
             return True
-        page = _parse_origin(origin)
+        page = parse_origin(origin)
         if page is None:  # "null" (a sandboxed frame, a file), or garbage
             return False
         if any(host and self._same_host(page, host) for host in hosts):
@@ -199,7 +163,7 @@ class Origins:
         )
 
     @staticmethod
-    def _same_host(page: _Origin, host: str) -> bool:
+    def _same_host(page: Origin, host: str) -> bool:
         try:
             parts = urlsplit("//" + host.strip().lower())
             port = parts.port

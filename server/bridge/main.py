@@ -11,6 +11,7 @@ import uvicorn
 
 from server.bridge.connections import EdgeH11Protocol
 from server.bridge.ws_connections import EdgeWebSocketProtocol
+from server import logs
 from server.config import Settings, load
 
 log = logging.getLogger("server.bridge.main")  # also when run as __main__
@@ -88,13 +89,13 @@ def uvicorn_options(settings: Settings) -> dict:
 
 def main() -> None:
     settings = load("vlm-node-bridge")
+    logs.setup(settings.log_level)
     raise_open_file_limit()
     from server.auth import Tokens
     from server.bridge.app import create_app
     from server.bridge.auth import Origins
 
-    target = settings.grpc_target or f"localhost:{settings.grpc_port}"
-    ca_file = settings.grpc_ca_file or (settings.tls_cert_file if settings.tls else "")
+    target, ca_file = settings.bridge_target, settings.bridge_ca_file
     tokens = Tokens.from_settings(settings)
     tokens.say_if_open(f"HTTP port {settings.http_port}")
     app = create_app(
