@@ -29,9 +29,10 @@ from devpeers.ports import free_port
 from devpeers.fake_ollama import FakeOllama
 from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_PHOTO_INTERVAL, FakePosemesh, demo_images
 from devpeers.webhook_receiver import WebhookReceiver
+from server.config import Settings
 from server.retry import duration
 
-DATA_DIR = ".vlmnode-data/demo"
+DATA_DIR = os.path.join(Settings().data_dir, "demo")
 PROMPT = "When was the shelf being restocked with the green box?"
 NODE_START = 120  # seconds the node may take to answer gRPC (a real Ollama may pull its models first)
 # Settings of the caller's environment the demo's node must not take: they

@@ -48,6 +48,7 @@ from urllib.parse import quote
 import httpx
 from python_multipart.multipart import parse_options_header
 
+from server.config import Settings
 from server.errors import BadInput, PeerRefused, PeerUnavailable, listed, quoted, shown
 
 __all__ = [
@@ -68,6 +69,7 @@ BATCH_SIZE = 100  # ids per request
 MAX_IDS = 10_000
 MAX_FILTER_LEN = 256
 FORBIDDEN_CHARS = frozenset(';!?<>[]{}()/\\"$#@*^&|~%=+')
+DEFAULTS = Settings()  # what a client made without them takes
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024
 TOKEN_MARGIN = 60.0  # seconds before exp a token is renewed (REFRESH_CACHE_TIME in posemesh's auth.rs)
 MAX_PREAMBLE_BYTES = 16 * 1024  # what a multipart body may hold before its first boundary
@@ -514,10 +516,10 @@ class DomainClient:
         api_url: str,
         dds_url: str,
         *,
-        client_id: str = "vlm-node",
+        client_id: str = DEFAULTS.client_id,
         email: str,
         password: str,
-        timeout: float = 30.0,
+        timeout: float = DEFAULTS.posemesh_timeout,
         http: httpx.AsyncClient | None = None,
         token_margin: float = TOKEN_MARGIN,
         login_cooldown: float = 30.0,

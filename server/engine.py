@@ -42,15 +42,15 @@ import httpx_aiohttp
 import ollama
 
 from server import metrics
+from server.config import Settings
 from server.errors import BadInput, NodeError, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.retry import RetryStrategy
 from server.tokens import TokenEstimator, looks_cut
 
-DEFAULT_TIMEOUT = 120.0  # seconds of silence: per network step (connect, each read), not per whole answer
-DEFAULT_DEADLINE = 600.0  # seconds a whole answer may take
-DEFAULT_NUM_PARALLEL = 1  # as Ollama's own OLLAMA_NUM_PARALLEL
-DEFAULT_NUM_CTX = 4096  # tokens: Ollama's own default on a machine without a GPU (server/routes.go)
+# An engine made without them takes the node's settings' defaults
+# (OLLAMA_TIMEOUT is per network step, not per whole answer).
+DEFAULTS = Settings()
 ANSWER_RESERVE = 512  # tokens kept free for an answer whose length the caller did not bound
 SPARE_CONNECTIONS = 4  # beyond the slots: for probes and pulls, which take no slot
 MODEL_INFO_TTL = 60.0  # seconds a model's description is trusted before it is read again
@@ -120,12 +120,12 @@ class OllamaEngine:
         *,
         vlm_model: str,
         llm_model: str,
-        num_parallel: int = DEFAULT_NUM_PARALLEL,
-        timeout: float = DEFAULT_TIMEOUT,
-        deadline: float = DEFAULT_DEADLINE,
-        vlm_num_ctx: int = DEFAULT_NUM_CTX,
-        llm_num_ctx: int = DEFAULT_NUM_CTX,
-        pull: bool = True,
+        num_parallel: int = DEFAULTS.ollama_num_parallel,
+        timeout: float = DEFAULTS.ollama_timeout,
+        deadline: float = DEFAULTS.ollama_answer_deadline,
+        vlm_num_ctx: int = DEFAULTS.vlm_num_ctx,
+        llm_num_ctx: int = DEFAULTS.llm_num_ctx,
+        pull: bool = DEFAULTS.ollama_pull,
         pull_retry: RetryStrategy = PULL_RETRY,
     ):
         self.host = host

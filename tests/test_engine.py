@@ -45,7 +45,7 @@ def fake():
 
 @pytest.fixture
 async def engine(fake):
-    async with OllamaEngine(fake.url, vlm_model=VLM, llm_model=LLM, timeout=5) as eng:
+    async with OllamaEngine(fake.url, vlm_model=VLM, llm_model=LLM, timeout=5, llm_num_ctx=4096) as eng:
         yield eng
 
 
