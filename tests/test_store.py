@@ -3,10 +3,14 @@
 import asyncio
 import re
 import uuid
+from importlib import resources
 
 import pytest
+from vlmnode.v1 import jobs_pb2
 
-from server.errors import BadInput, Conflict, NotFound
+from server import store as store_module
+from server.errors import BadInput, Conflict, DatabaseFault, NotFound
+from server.job_status import FINAL, HELD, Status, status_from_proto, status_to_proto
 from server.store import JOBS_READY_CHANNEL, JOB_EVENTS_CHANNEL, QUERIES, JobStore
 
 TYPES = ["task_timing_v1", "vlm_only"]
@@ -350,3 +354,67 @@ async def test_the_claim_query_uses_the_claim_index(store):
         AND run_after <= now() ORDER BY queued_at LIMIT 3""")
     claims = await store.claim_jobs("w", TYPES, lease=30, limit=3)
     assert [c.id for c in claims] == [row["id"] for row in expected]
+
+
+# The statuses, defined once (server/job_status.py), against the other places
+# that name them: the SQL, the migrations and the proto.
+
+SQL = resources.files("server").joinpath("sql")
+MIGRATIONS = "\n".join(f.read_text() for f in sorted(SQL.joinpath("migrations").iterdir(), key=lambda f: f.name)
+                       if f.name.endswith(".sql"))
+
+
+def status_literals(text: str) -> set[str]:
+    """The string literals that SQL compares a status with, or sets one to."""
+    found = set(re.findall(r"status(?:\)s)?\s*(?:=|<>|!=)\s*'(\w+)'", text))
+    for listed in re.findall(r"status\s+IN\s*\(([^)]*)\)", text, flags=re.I):
+        found |= set(re.findall(r"'(\w+)'", listed))
+    for case in re.findall(r"status\s*=\s*CASE\b(.*?)\bEND\b", text, flags=re.S):
+        found |= set(re.findall(r"(?:THEN|ELSE)\s+'(\w+)'", case))
+    found |= set(re.findall(r"status\s+text\s+NOT NULL\s+DEFAULT\s+'(\w+)'", text))
+    return found
+
+
+def test_the_sql_names_only_statuses_there_are():
+    queries = status_literals(SQL.joinpath("queries.sql").read_text())
+    assert queries and queries <= set(Status), queries - set(Status)
+    migrations = status_literals(MIGRATIONS)
+    assert migrations and migrations <= set(Status), migrations - set(Status)
+    # The lists of the statuses a worker holds are HELD, whole.
+    for listed in re.findall(r"status\s+IN\s*\(([^)]*'cancelling'[^)]*)\)", SQL.joinpath("queries.sql").read_text()):
+        assert set(re.findall(r"'(\w+)'", listed)) == HELD, listed
+
+
+async def test_the_migrations_check_allows_the_statuses_and_no_other(store):
+    [row] = await sql(store, """SELECT pg_get_constraintdef(oid) AS check FROM pg_constraint
+        WHERE conrelid = 'jobs'::regclass AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%status%'""")
+    assert set(re.findall(r"'(\w+)'::text", row["check"])) == set(Status), row["check"]
+
+
+def test_the_proto_names_each_status_once():
+    named = set(jobs_pb2.JobStatus.keys()) - {"JOB_STATUS_UNSPECIFIED"}
+    assert named == {f"JOB_STATUS_{status.name}" for status in Status}
+    for status in Status:
+        assert status.value == status.name.lower()  # clients take the proto's names, lower-cased
+        assert status_from_proto(status_to_proto(status)) is status
+    assert status_from_proto(jobs_pb2.JOB_STATUS_UNSPECIFIED) is None
+    with pytest.raises(BadInput, match="unknown status 99; expected one of pending, running, completing"):
+        status_from_proto(99)
+    assert FINAL | HELD | {Status.PENDING} == set(Status) and not FINAL & HELD
+
+
+def test_the_channels_listened_on_are_the_migrations_notifications():
+    assert set(re.findall(r"pg_notify\('(\w+)'", MIGRATIONS)) == {JOB_EVENTS_CHANNEL, JOBS_READY_CHANNEL}
+
+
+async def test_psycopg_errors_leave_the_store_as_the_nodes(store, monkeypatch, caplog):
+    """Text PostgreSQL cannot store is the caller's to fix; a statement it
+    refuses is the node's fault, logged here. (The database away:
+    tests/test_database_outage.py.)"""
+    with pytest.raises(BadInput, match="^the request holds text the job database cannot store$"):
+        await create(store, input={"vlm_prompt": "a\x00b"})
+    monkeypatch.setitem(store_module.QUERIES, "get_job", "SELECT no_such_column FROM jobs WHERE id = %(id)s")
+    with pytest.raises(DatabaseFault) as info:
+        await store.get_job(uuid.uuid4())
+    assert info.value.message == "internal error: UndefinedColumn" and info.value.public_message == "internal error"
+    assert "the job database refused a statement" in caplog.text and "no_such_column" in caplog.text
