@@ -293,10 +293,11 @@ class JobStore:
         except psycopg.DataError as exc:  # e.g. text PostgreSQL cannot store: the caller's to fix
             raise BadInput(NOT_STORABLE) from exc
         except psycopg.OperationalError as exc:
-            if conn is None or _connection_lost(exc, conn):
-                self._troubled()
-                raise DatabaseUnavailable(f"{DATABASE_UNAVAILABLE} (lost the connection: {_said(exc)})") from exc
-            raise DatabaseUnavailable(str(exc)) from exc  # cancelled, deadlocked: worth trying again
+            if conn is not None and not _connection_lost(exc, conn):
+                raise DatabaseUnavailable(str(exc)) from exc  # cancelled, deadlocked: worth trying again
+            self._troubled()
+            lost = "lost the connection: " if conn is not None else ""
+            raise DatabaseUnavailable(f"{DATABASE_UNAVAILABLE} ({lost}{_said(exc)})") from exc
         except psycopg.Error as exc:
             log.error("the job database refused a statement: %s", _said(exc), exc_info=exc)
             raise DatabaseFault(f"internal error: {type(exc).__name__}") from exc
