@@ -57,10 +57,13 @@ import psycopg
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from bench.database import percentile
+from bench.soak import Node, analyse, image_ids, log_summary
 from devpeers.ports import free_port, wait_port
-from bench.soak import FINAL, Node, analyse, image_ids, log_summary
 from server.config import Settings
 from server.embedded_postgres import EmbeddedPostgres, with_database
+from server.errors import NodeError
+from server.job_status import FINAL
+from server.jobs import Job
 from server.store import JobStore
 from devpeers.fake_posemesh import DEMO_DOMAIN_ID
 
@@ -269,8 +272,8 @@ class Faults:
         running = await self.store.list_jobs(limit=1000, status="running")
         workers = [p for p in self.node.procs if p.name.startswith("worker-") and p.popen.poll() is None]
 
-        def held(p) -> list[dict]:
-            return [j for j in running if f"-{p.popen.pid}-" in (j["worker_id"] or "")]
+        def held(p) -> list[Job]:
+            return [j for j in running if f"-{p.popen.pid}-" in (j.worker_id or "")]
 
         victim = max(workers, key=lambda p: len(held(p)))
         fault = Fault(f"{victim.name} killed", time.monotonic())
@@ -366,12 +369,12 @@ async def wait_all(store: JobStore, created: Creation, creator: asyncio.Task, de
     while True:
         try:
             counts = await store.count_by_status()
-        except psycopg.Error:
+        except NodeError:  # the store's: the database away, as this benchmark makes it
             counts = {}
         ended = sum(counts.get(s, 0) for s in FINAL)
         if time.monotonic() - last_note >= 10:
             last_note = time.monotonic()
-            log(f"{time.monotonic() - start:5.0f} s: created {len(created.ids)}, {dict(sorted(counts.items()))}")
+            log(f"{time.monotonic() - start:5.0f} s: created {len(created.ids)}, {({str(s): n for s, n in sorted(counts.items())})}")
         if (creator.done() and ended >= len(created.ids)) or time.monotonic() > deadline:
             return
         await asyncio.sleep(1)
@@ -440,10 +443,10 @@ async def faults(args) -> None:
             alive = {p.name: p.popen.poll() for p in node.procs}
             log("analysing the jobs")
             fig = await analyse(store, created.ids)
-            rows = {str(r["id"]): r for r in await store.list_jobs(limit=1000)}
+            rows = {str(r.id): r for r in await store.list_jobs(limit=1000)}
             offset = 1000
             while len(rows) == offset:
-                rows.update({str(r["id"]): r for r in await store.list_jobs(limit=1000, offset=offset)})
+                rows.update({str(r.id): r for r in await store.list_jobs(limit=1000, offset=offset)})
                 offset += 1000
     finally:
         log("stopping the processes")
@@ -464,8 +467,8 @@ def report(args, plan, created, watches, probes, fig, rows, start, jobs_done_at,
     ended = fig.by_status["completed"] + fig.by_status["failed"] + fig.by_status["cancelled"]
     lost = len(created.ids) - ended
     doubled = fig.duplicate_final + fig.bad_output
-    waits = {jid: (r["updated_at"] - r["created_at"]).total_seconds() for jid, r in rows.items()
-             if r["status"] in FINAL}
+    waits = {jid: (r.updated_at - r.created_at).total_seconds() for jid, r in rows.items()
+             if r.status in FINAL}
     longest_job = max(waits.items(), key=lambda kv: kv[1], default=("-", 0.0))
     every_call = probes + created.calls
     longest_call = max(every_call, key=lambda c: c.seconds, default=None)

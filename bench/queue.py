@@ -39,9 +39,9 @@ async def pickups(store: JobStore) -> list[float]:
     """Seconds from creation to claim, from the store's own clock."""
     out = []
     for job in await store.list_jobs(limit=1000, job_type=JOB_TYPE):
-        events = await store.job_events(job["id"])
-        running = next(e["at"] for e in events if e["status"] == "running")
-        out.append((running - job["created_at"]).total_seconds())
+        events = await store.job_events(job.id)
+        running = next(e.at for e in events if e.status == "running")
+        out.append((running - job.created_at).total_seconds())
     return out
 
 

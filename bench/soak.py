@@ -37,11 +37,11 @@ from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 from bench.database import fresh_store, percentile
 from devpeers.ports import free_port, wait_port
 from server.domain import DomainClient, images_only
+from server.job_status import FINAL
 from server.store import JobStore
 from devpeers.images import solid_jpeg
 from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_EMAIL, DEMO_PASSWORD
 
-FINAL = ("completed", "failed", "cancelled")
 # A re-run after one of these is the queue taking a job back from a worker,
 # not a retry after the job's own failure.
 HANDED_BACK = ("lease_expired", "worker_stopped")
@@ -318,7 +318,7 @@ async def analyse(store: JobStore, created: list[str]) -> JobFigures:
             break
         offset += 1000
     fig.in_db = len(rows)
-    db_ids = {str(r["id"]) for r in rows}
+    db_ids = {str(r.id) for r in rows}
     wanted = set(created)
     fig.missing = len(wanted - db_ids)
     fig.unexpected = len(db_ids - wanted)
@@ -329,32 +329,32 @@ async def analyse(store: JobStore, created: list[str]) -> JobFigures:
 
     async def events(row):
         async with lanes:
-            return row, await store.job_events(row["id"])
+            return row, await store.job_events(row.id)
 
     for row, history in await asyncio.gather(*(events(r) for r in rows)):
-        jid = str(row["id"])
-        fig.by_status[row["status"]] += 1
-        fig.attempts[row["attempts"]] += 1
-        if row["status"] == "completed" and len((row["output"] or {}).get("responses") or []) != 1:
+        jid = str(row.id)
+        fig.by_status[str(row.status)] += 1
+        fig.attempts[row.attempts] += 1
+        if row.status == "completed" and len((row.output or {}).get("responses") or []) != 1:
             fig.bad_output += 1
             fig.examples.setdefault("bad_output", jid)
-        if row["status"] == "failed":
-            fig.fail_codes[(row["error"] or {}).get("code", "?")] += 1
+        if row.status == "failed":
+            fig.fail_codes[(row.error or {}).get("code", "?")] += 1
             fig.examples.setdefault("failed", jid)
-        runs = [n for n, e in enumerate(history) if e["status"] == "running"]
-        finals = [e for e in history if e["status"] in FINAL]
+        runs = [n for n, e in enumerate(history) if e.status == "running"]
+        finals = [e for e in history if e.status in FINAL]
         if len(finals) > 1:
             fig.duplicate_final += 1
             fig.examples.setdefault("duplicate_final", jid)
         if runs:
             first_run = history[runs[0]]["at"]
-            fig.pickup.append((first_run - row["created_at"]).total_seconds())
+            fig.pickup.append((first_run - row.created_at).total_seconds())
             if finals:
                 fig.runtime.append((finals[-1]["at"] - first_run).total_seconds())
         if len(runs) > 1:
             fig.multi_run += 1
             for prev, cur in zip(runs, runs[1:]):
-                between = [e for e in history[prev + 1 : cur] if e["status"] == "pending"]
+                between = [e for e in history[prev + 1 : cur] if e.status == "pending"]
                 code = (between[-1]["error"] or {}).get("code") if between else None
                 if not between:
                     fig.rerun_unexplained += 1
@@ -367,7 +367,7 @@ async def analyse(store: JobStore, created: list[str]) -> JobFigures:
             # The job counts as retried for its own error only when every re-run followed one.
             causes = []
             for prev, cur in zip(runs, runs[1:]):
-                between = [e for e in history[prev + 1 : cur] if e["status"] == "pending"]
+                between = [e for e in history[prev + 1 : cur] if e.status == "pending"]
                 causes.append((between[-1]["error"] or {}).get("code") if between else None)
             if all(c is not None and c not in HANDED_BACK for c in causes):
                 fig.rerun_failure += 1
@@ -555,7 +555,7 @@ async def soak(args) -> None:
                     last_note[0] = time.monotonic()
                     log(
                         f"{time.monotonic() - start:6.0f} s: created {len(creation.ids)}/{args.jobs}, "
-                        f"{dict(sorted(counts.items()))}, ws answers {streams.answers}, "
+                        f"{({str(s): n for s, n in sorted(counts.items())})}, ws answers {streams.answers}, "
                         f"closes {dict(streams.closes)}"
                     )
 

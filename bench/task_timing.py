@@ -63,15 +63,15 @@ async def run_job(store: JobStore, settings: Settings, domain_id: str) -> tuple[
         query={"ids": []},
         input={"prompt": TASK, "vlm_prompt": "Describe the image"},
     )
-    while (row := await store.get_job(job["id"]))["status"] not in ("completed", "failed"):
+    while (row := await store.get_job(job.id)).status not in ("completed", "failed"):
         await asyncio.sleep(0.01)
     worker.stop()
     await task
     await peers.engine.aclose()
     await peers.domain.aclose()
-    assert row["status"] == "completed", row["error"]
-    events = {e["status"]: e["at"] for e in await store.job_events(job["id"])}
-    return (events["completed"] - events["running"]).total_seconds(), row["output"]
+    assert row.status == "completed", row.error
+    events = {e.status: e.at for e in await store.job_events(job.id)}
+    return (events["completed"] - events["running"]).total_seconds(), row.output
 
 
 def settings_for(store: JobStore, ollama: FakeOllama, posemesh: FakePosemesh, **kw) -> Settings:

@@ -1,8 +1,14 @@
 """Errors that cross module boundaries.
 
-Each carries a stable `code` (stored in a job's `error.code` and mapped to a
-gRPC status) and says whether trying again later may succeed.
+Each carries a stable `code` (stored in a job's `error.code`) and says
+whether trying again later may succeed; ANSWERS says, once, what each kind
+answers over gRPC and, through the bridge, over HTTP.
 """
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
 
 
 MAX_SHOWN = 80  # characters of a caller's value that a message repeats
@@ -15,7 +21,7 @@ def shown(value: object, limit: int = MAX_SHOWN) -> str:
     was wrong, it does not carry the input back (a 500 KB value echoed whole
     would outgrow gRPC's trailing metadata and any log line)."""
     cut = isinstance(value, str) and len(value) > limit
-    if cut:
+    if cut and isinstance(value, str):
         value = value[:limit]  # before repr: a long value is never copied whole
     text = value if isinstance(value, str) and value.isprintable() else repr(value)
     if cut or len(text) > limit:
@@ -32,7 +38,7 @@ def quoted(value: object, limit: int = MAX_SHOWN) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def listed(values, at_most: int = 5) -> str:
+def listed(values: Iterable[object], at_most: int = 5) -> str:
     """Callers' values joined for a message, each `shown`, the first
     `at_most` of them and how many more: "a, b, c, d, e and 995 more"."""
     values = list(values)
@@ -68,6 +74,12 @@ class NodeError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def public_message(self) -> str:
+        """What a caller of the node's services is told (`message` unless a
+        kind says less: the logs and a job's error keep the whole of it)."""
+        return self.message
+
 
 class BadInput(NodeError):
     """The caller sent something we will never accept (bad image, bad query)."""
@@ -92,6 +104,30 @@ class PeerUnavailable(NodeError):
     transient = True
 
 
+DATABASE_UNAVAILABLE = "the job database is unavailable; try again"
+
+
+class DatabaseUnavailable(PeerUnavailable):
+    """The job database cannot serve this call now: it is known to be down,
+    the call's connection was lost, none came in time, or the statement was
+    cancelled or deadlocked. Raised by the store only (server/store.py)."""
+
+    code = "database_unavailable"
+
+    @property
+    def public_message(self) -> str:
+        return DATABASE_UNAVAILABLE
+
+
+class DatabaseFault(NodeError):
+    """The job database refused a statement for a reason of the node's own
+    (its SQL, its schema): no caller can fix it. The store logs the details."""
+
+    @property
+    def public_message(self) -> str:
+        return "internal error"
+
+
 class PeerRefused(NodeError):
     """A peer answered with a definite refusal (unknown model, forbidden domain)."""
 
@@ -108,6 +144,33 @@ class TimedOut(NodeError):
     """The caller went quiet for longer than we wait."""
 
     code = "timed_out"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How a kind of error leaves the node: the gRPC status its services
+    answer with (server/grpc_errors.py), and the HTTP status the bridge
+    turns that status into (server/bridge/errors.py)."""
+
+    grpc: grpc.StatusCode
+    http: int
+
+
+# A kind not named answers as its nearest named base class does.
+ANSWERS: dict[type[NodeError], Answer] = {
+    NodeError: Answer(grpc.StatusCode.INTERNAL, 500),
+    BadInput: Answer(grpc.StatusCode.INVALID_ARGUMENT, 400),
+    NotFound: Answer(grpc.StatusCode.NOT_FOUND, 404),
+    Conflict: Answer(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    PeerRefused: Answer(grpc.StatusCode.FAILED_PRECONDITION, 400),
+    PeerUnavailable: Answer(grpc.StatusCode.UNAVAILABLE, 503),
+    TooLarge: Answer(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+    TimedOut: Answer(grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+}
+
+
+def answer_for(exc: NodeError) -> Answer:
+    return next(ANSWERS[kind] for kind in type(exc).__mro__ if kind in ANSWERS)
 
 
 # A job's error as the original node gave it, in its REST answers and

@@ -4,18 +4,22 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Any, AsyncIterator
+
+import grpc
 
 from google.protobuf import json_format, struct_pb2
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server.destinations import Destinations
 from server.domain import DomainClient, images_only
-from server.errors import BadInput, Conflict, NotFound, quoted
+from server.errors import BadInput, Conflict, DatabaseUnavailable, NotFound, quoted
 from server.grpc_errors import translate_errors
+from server.job_status import FINAL, Status, status_from_proto, status_to_proto
 from server.job_watcher import JobWatcher
-from server.jobs import validate_job, validate_job_type, validate_input
-from server.store import FINAL_STATUSES, STATUSES, DatabaseUnavailable, JobStore, parse_job_id
+from server.jobs import Job, validate_input, validate_job, validate_job_type
+from server.store import JobStore, parse_job_id
 
 log = logging.getLogger(__name__)
 
@@ -26,42 +30,29 @@ WATCH_OUTAGE_LIMIT = 300.0  # seconds a watch waits for the database to come bac
 MAX_IDEMPOTENCY_KEY = 200
 
 
-def status_to_proto(status: str) -> int:
-    return jobs_pb2.JobStatus.Value("JOB_STATUS_" + status.upper())
-
-
-def status_from_proto(value: int) -> str | None:
-    if value == jobs_pb2.JOB_STATUS_UNSPECIFIED:
-        return None
-    try:
-        return jobs_pb2.JobStatus.Name(value).removeprefix("JOB_STATUS_").lower()
-    except ValueError:
-        raise BadInput(f"unknown status {value}; expected one of {', '.join(STATUSES)}") from None
-
-
-def job_to_proto(row: dict[str, Any]) -> jobs_pb2.Job:
-    job = jobs_pb2.Job(
-        id=str(row["id"]),
-        job_type=row["job_type"],
-        status=status_to_proto(row["status"]),
-        domain_id=row["domain_id"],
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        priority=row["priority"],
-        idempotency_key=row["idempotency_key"] or "",
-        worker_id=row["worker_id"] or "",
+def job_to_proto(job: Job) -> jobs_pb2.Job:
+    message = jobs_pb2.Job(
+        id=str(job.id),
+        job_type=job.job_type,
+        status=status_to_proto(job.status),
+        domain_id=job.domain_id,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        priority=job.priority,
+        idempotency_key=job.idempotency_key or "",
+        worker_id=job.worker_id or "",
     )
-    job.query.update(row["query"])
-    job.input.update(row["input"])
-    if row["output"] is not None:
-        job.output.update(row["output"])
-    if row["error"]:
-        job.error.code = row["error"].get("code", "")
-        job.error.message = row["error"].get("message", "")
-    job.created_at.FromDatetime(row["created_at"])
-    job.updated_at.FromDatetime(row["updated_at"])
-    job.run_after.FromDatetime(row["run_after"])
-    return job
+    message.query.update(job.query)
+    message.input.update(job.input)
+    if job.output is not None:
+        message.output.update(job.output)
+    if job.error:
+        message.error.code = job.error.get("code", "")
+        message.error.message = job.error.get("message", "")
+    message.created_at.FromDatetime(job.created_at)
+    message.updated_at.FromDatetime(job.updated_at)
+    message.run_after.FromDatetime(job.run_after)
+    return message
 
 
 def _job_id(raw: str) -> str:
@@ -74,8 +65,8 @@ def _job_id(raw: str) -> str:
         raise NotFound(f"job {quoted(raw)} not found") from None
 
 
-def _about(row: dict[str, Any]) -> dict[str, str]:
-    return {"job_id": str(row["id"])}
+def _about(job: Job) -> dict[str, str]:
+    return {"job_id": str(job.id)}
 
 
 def struct_to_dict(message: struct_pb2.Struct, present: bool) -> dict[str, Any]:
@@ -103,10 +94,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         self.watch_outage_limit = watch_outage_limit
 
     @translate_errors
-    async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context) -> jobs_pb2.CreateJobResponse:
+    async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.CreateJobResponse:
         query = struct_to_dict(request.query, request.HasField("query"))
         data = struct_to_dict(request.input, request.HasField("input"))
-        domain_id, domain_query, _ = validate_job(
+        domain_id, domain_query, job_input = validate_job(
             request.job_type, request.domain_id, query, data, destinations=self.webhook_destinations
         )
         if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
@@ -126,52 +117,54 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
             raise Conflict("No data found")
         if len(images) > self.max_images:
             raise BadInput(f"the query matches {len(images)} images; a job takes at most {self.max_images}")
-        row, created = await self.store.create_job(
+        job, created = await self.store.create_job(
             job_type=request.job_type,
             domain_id=domain_id,
             query=domain_query.to_dict(),
-            input=data,
+            input=job_input.stored,
             idempotency_key=request.idempotency_key or None,
             priority=request.priority,
             max_attempts=request.max_attempts or self.default_max_attempts,
         )
         if created:
-            log.info("job %s created: %s, %d images", row["id"], row["job_type"], len(images), extra=_about(row))
-        return jobs_pb2.CreateJobResponse(job=job_to_proto(row))
+            log.info("job %s created: %s, %d images", job.id, job.job_type, len(images), extra=_about(job))
+        return jobs_pb2.CreateJobResponse(job=job_to_proto(job))
 
     @translate_errors
-    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context) -> jobs_pb2.ListJobsResponse:
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:
         if request.job_type:
             validate_job_type(request.job_type)
-        rows = await self.store.list_jobs(
+        jobs = await self.store.list_jobs(
             limit=request.limit or DEFAULT_LIST_LIMIT,
             offset=request.offset,
             status=status_from_proto(request.status),
             job_type=request.job_type or None,
         )
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(r) for r in rows])
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(job) for job in jobs])
 
     @translate_errors
-    async def GetJob(self, request: jobs_pb2.GetJobRequest, context) -> jobs_pb2.GetJobResponse:
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:
         return jobs_pb2.GetJobResponse(job=job_to_proto(await self.store.get_job(_job_id(request.id))))
 
     @translate_errors
-    async def RetryJob(self, request: jobs_pb2.RetryJobRequest, context) -> jobs_pb2.RetryJobResponse:
+    async def RetryJob(self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.RetryJobResponse:
         job_type = validate_job_type(request.job_type)
         data = struct_to_dict(request.input, request.HasField("input"))
-        validate_input(job_type, data, destinations=self.webhook_destinations)
-        row = await self.store.retry_job(_job_id(request.id), job_type=job_type, input=data)
-        log.info("job %s retried", row["id"], extra=_about(row))
-        return jobs_pb2.RetryJobResponse(job=job_to_proto(row))
+        job_input = validate_input(job_type, data, destinations=self.webhook_destinations)
+        job = await self.store.retry_job(_job_id(request.id), job_type=job_type, input=job_input.stored)
+        log.info("job %s retried", job.id, extra=_about(job))
+        return jobs_pb2.RetryJobResponse(job=job_to_proto(job))
 
     @translate_errors
-    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.CancelJobResponse:
-        row = await self.store.cancel_job(_job_id(request.id))
-        log.info("job %s %s", row["id"], row["status"], extra=_about(row))
-        return jobs_pb2.CancelJobResponse(job=job_to_proto(row))
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.CancelJobResponse:
+        job = await self.store.cancel_job(_job_id(request.id))
+        log.info("job %s %s", job.id, job.status, extra=_about(job))
+        return jobs_pb2.CancelJobResponse(job=job_to_proto(job))
 
     @translate_errors
-    async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context):
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
         """The job now and at every change until a final status. A watch that
         has sent the job rides out a database outage of up to
         `watch_outage_limit` seconds: it stays open, sending nothing, re-reads
@@ -181,12 +174,12 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         job_id = parse_job_id(request.id)
         loop = asyncio.get_running_loop()
         with self.watcher.subscribe(job_id) as changed:
-            sent = None
+            sent: tuple[Status, datetime] | None = None
             lost_at: float | None = None  # when the database went away under this watch
             while True:
                 changed.clear()  # before reading: a change from here on wakes the wait below
                 try:
-                    row = await self.store.get_job(job_id)
+                    job = await self.store.get_job(job_id)
                 except DatabaseUnavailable:
                     if sent is None:
                         raise
@@ -198,11 +191,11 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                     await self.store.wait_for_database(WATCH_RETRY)
                     continue
                 lost_at = None
-                version = (row["status"], row["updated_at"])
+                version = (job.status, job.updated_at)
                 if version != sent:
                     sent = version
-                    yield jobs_pb2.WatchJobResponse(job=job_to_proto(row))
-                if row["status"] in FINAL_STATUSES:
+                    yield jobs_pb2.WatchJobResponse(job=job_to_proto(job))
+                if job.status in FINAL:
                     return
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(WATCH_RECHECK):

@@ -1,13 +1,19 @@
-"""Job types and what their input must hold. Used by the gRPC servicer to
-refuse bad jobs at the door, and by the worker to read a job's input."""
+"""Job types, what their input must hold, and a job as the store returns it.
+Used by the gRPC servicer to refuse bad jobs at the door, and by the worker
+to read a job's input as it was validated."""
 
+import dataclasses
+import functools
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from server.destinations import Destinations
 from server.domain import DomainQuery, validate_domain_id, validate_query
 from server.errors import BadInput, listed, quoted
+from server.job_status import Status
 
 TASK_TIMING = "task_timing_v1"
 VLM_ONLY = "vlm_only"
@@ -25,6 +31,9 @@ class JobInput:
     prompt: str  # the LLM's question; task_timing_v1 only
     webhook_url: str  # empty: no delivery
     upload_results: bool = False  # store the output in the job's domain as a data item
+    # The input as it is stored and shown back: the caller's fields, with
+    # those validated in a cleaned form (webhook_url) in that form.
+    stored: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def validate_job_type(job_type: Any) -> str:
@@ -86,8 +95,16 @@ def validate_input(job_type: str, data: Any, *, destinations: Destinations | Non
             raise BadInput(f"input.webhook_url must be an http(s) URL, got {quoted(webhook_url)}")
         if destinations is not None:
             destinations.check_url(webhook_url)
+    stored = dict(data)
+    if isinstance(stored.get("webhook_url"), str):
+        stored["webhook_url"] = webhook_url
     return JobInput(
-        pipeline=pipeline, vlm_prompt=vlm_prompt, prompt=prompt, webhook_url=webhook_url, upload_results=upload_results
+        pipeline=pipeline,
+        vlm_prompt=vlm_prompt,
+        prompt=prompt,
+        webhook_url=webhook_url,
+        upload_results=upload_results,
+        stored=stored,
     )
 
 
@@ -97,3 +114,44 @@ def validate_job(
     job_type = validate_job_type(job_type)
     domain_id = validate_domain_id(domain_id)
     return domain_id, validate_query(query), validate_input(job_type, data, destinations=destinations)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the store holds it: one row of `jobs`."""
+
+    id: uuid.UUID
+    job_type: str
+    status: Status
+    domain_id: str
+    query: dict[str, Any]
+    input: dict[str, Any]  # as stored (JobInput.stored), and shown back to clients
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None  # {"code", "message"}
+    attempts: int
+    max_attempts: int
+    priority: int
+    run_after: datetime  # not claimed before
+    lease_until: datetime | None  # while held: taken back (rescue_jobs) after
+    worker_id: str | None  # while held
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime  # its place in the queue within its priority
+    failing_since: datetime | None  # when its current run of failed attempts began
+    failures: int  # the failed attempts in that run
+
+    @functools.cached_property
+    def validated_input(self) -> JobInput:
+        """The input as a worker reads it: what was validated when it was stored."""
+        return validate_input(self.job_type, self.input)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One change of a job's status (`job_events`)."""
+
+    status: Status
+    attempt: int
+    error: dict[str, Any] | None
+    at: datetime

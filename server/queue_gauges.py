@@ -4,12 +4,11 @@ are due, and the age of the oldest. Run by the gRPC server process."""
 import asyncio
 import logging
 
-import psycopg
-import psycopg_pool
-
 from server import metrics
 from server.background import BackgroundDuty
-from server.store import STATUSES, JobStore
+from server.errors import NodeError
+from server.job_status import Status
+from server.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ class QueueGauges(BackgroundDuty):
 
     async def read_once(self) -> None:
         counts = await self.store.count_by_status()
-        for status in STATUSES:
+        for status in Status:
             metrics.JOBS.labels(status).set(counts.get(status, 0))
         depth, oldest = await self.store.queue_stats()
         metrics.QUEUE_DEPTH.set(depth)
@@ -38,7 +37,7 @@ class QueueGauges(BackgroundDuty):
             try:
                 await self.read_once()
                 failing = False
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            except NodeError as exc:  # the store's: the database away, or refusing
                 if not failing:  # once per outage, not every interval
                     log.warning("cannot read the queue's gauges: %s", exc)
                 failing = True

@@ -1,4 +1,8 @@
-"""The job store: the only module that talks to PostgreSQL.
+"""The job store: the only module that talks to PostgreSQL, and the only one
+that sees psycopg's errors. It answers with typed records (server/jobs.py)
+and raises the node's own errors: the database away as DatabaseUnavailable
+(transient), data it cannot store as BadInput, anything else it refuses as
+DatabaseFault.
 
 Queries are loaded by name from sql/queries.sql; migrations in
 sql/migrations/NNN_name.sql are applied in order at start, once, under an
@@ -15,27 +19,35 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from server.errors import BadInput, Conflict, NotFound, quoted
+from server.errors import (
+    DATABASE_UNAVAILABLE,
+    BadInput,
+    Conflict,
+    DatabaseFault,
+    DatabaseUnavailable,
+    NodeError,
+    NotFound,
+    quoted,
+)
+from server.job_status import Status
+from server.jobs import Job, JobEvent
 
 log = logging.getLogger(__name__)
 # While the database is away the pool tries to reconnect every
 # RECONNECT_GIVE_UP seconds and would log each try; the store says it once.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
-STATUSES = ("pending", "running", "completing", "uploading", "completed", "failed", "cancelling", "cancelled")
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-HELD_STATUSES = frozenset({"running", "completing", "uploading", "cancelling"})
 MAX_LIST_LIMIT = 1000
 MAX_LIST_OFFSET = 10_000_000
-MIGRATION_LOCK = 0x766C6D6E  # advisory lock id ("vlmn")
+# The channels of the migrations' jobs_status_changed() notifications.
 JOB_EVENTS_CHANNEL = "vlmnode_job_events"
 JOBS_READY_CHANNEL = "vlmnode_jobs_ready"
 
@@ -46,9 +58,9 @@ RECONNECT_GIVE_UP = 0.5  # seconds the pool retries a lost connection before sta
 PING_WAIT = 0.5  # seconds a ping waits for a pooled connection before asking the server directly
 CONNECT_TIMEOUT = 5  # seconds to open a connection (whole seconds, libpq's connect_timeout)
 PROBE_CONNECT_TIMEOUT = 2  # seconds for a ping's own connection (libpq's least)
-UNAVAILABLE = "the job database is unavailable; try again"
+NOT_STORABLE = "the request holds text the job database cannot store"
 # Dead peers and cut networks are noticed by TCP rather than waited on forever.
-TCP_OPTIONS = {
+TCP_OPTIONS: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 10,  # seconds
     "keepalives_interval": 5,  # seconds
@@ -79,16 +91,16 @@ def _migrations() -> list[tuple[int, str, str]]:
 class Claim:
     """A job held by a worker; `attempt` fences writes from a lost claim."""
 
-    job: dict[str, Any]
+    job: Job
     worker_id: str
 
     @property
     def id(self) -> uuid.UUID:
-        return self.job["id"]
+        return self.job.id
 
     @property
     def attempt(self) -> int:
-        return self.job["attempts"]
+        return self.job.attempts
 
 
 @dataclass(frozen=True)
@@ -102,11 +114,8 @@ class Caption:
     caption: str
 
 
-class DatabaseUnavailable(psycopg.OperationalError):
-    """The job database cannot serve this call now: it is known to be down,
-    the call's connection was lost, or none came in time. An
-    OperationalError, so whoever handles those handles this too; gRPC calls
-    answer UNAVAILABLE (server/grpc_errors.py)."""
+def _job_of(row: DictRow) -> Job:
+    return Job(**{**row, "status": Status(row["status"])})
 
 
 def _said(exc: BaseException) -> str:
@@ -114,13 +123,15 @@ def _said(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _connection_lost(exc: psycopg.Error, conn: psycopg.AsyncConnection) -> bool:
+def _connection_lost(exc: psycopg.Error, conn: psycopg.AsyncConnection[DictRow]) -> bool:
     """Whether `exc` says the connection or the server went away (rather than
     a query cancelled, a deadlock or a serialization failure)."""
     return conn.broken or conn.closed or (exc.sqlstate or "").startswith(("08", "57P"))
 
 
-def parse_job_id(job_id: str) -> uuid.UUID:
+def parse_job_id(job_id: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
     try:
         return uuid.UUID(job_id)
     except (ValueError, AttributeError, TypeError):
@@ -150,8 +161,9 @@ class JobStore:
         self._up = asyncio.Event()  # set while it is believed up
         self._up.set()
         self._purge_task: asyncio.Task | None = None
-        self.pool = AsyncConnectionPool(
+        self.pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]](
             url,
+            connection_class=psycopg.AsyncConnection[DictRow],
             min_size=min_size,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT, **TCP_OPTIONS},
@@ -166,7 +178,8 @@ class JobStore:
         )
 
     async def open(self) -> None:
-        await self.pool.open(wait=True, timeout=30)
+        with self._node_errors():
+            await self.pool.open(wait=True, timeout=30)
         await self.migrate()
 
     async def close(self) -> None:
@@ -202,7 +215,7 @@ class JobStore:
         self._purge()
 
     def _found_up(self) -> None:
-        if not self.down:
+        if self._down_since is None:
             return
         log.info("the job database answers again after %.1f s", time.monotonic() - self._down_since)
         self._down_since = None
@@ -221,7 +234,7 @@ class JobStore:
         self._suspect = True
         self.trouble.set()
 
-    async def _check_connection(self, conn: psycopg.AsyncConnection) -> None:
+    async def _check_connection(self, conn: psycopg.AsyncConnection[DictRow]) -> None:
         """The pool's check of a connection before it hands it out."""
         try:
             await conn.execute("")
@@ -230,7 +243,7 @@ class JobStore:
             self._troubled()
             raise
 
-    async def _reconnect_failed(self, pool: AsyncConnectionPool) -> None:
+    async def _reconnect_failed(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]) -> None:
         # The pool has given a connection up: keep one attempt going, so the
         # pool is ready again as soon as the database is.
         if not pool.closed:
@@ -238,12 +251,12 @@ class JobStore:
 
     # Connections for calls.
 
-    async def _getconn(self) -> psycopg.AsyncConnection:
+    async def _getconn(self) -> psycopg.AsyncConnection[DictRow]:
         try:
             if not self.fail_fast:
                 return await self.pool.getconn()
             if self.down:
-                raise DatabaseUnavailable(UNAVAILABLE)
+                raise DatabaseUnavailable(DATABASE_UNAVAILABLE)
             # Wait for a connection (the pool may be busy, or replacing the
             # broken one it had ready), but only until the database is found down.
             getting = asyncio.ensure_future(self.pool.getconn(REQUEST_WAIT))
@@ -255,11 +268,11 @@ class JobStore:
                 if not getting.done():
                     self._abandon(getting)
             if getting not in done:
-                raise DatabaseUnavailable(UNAVAILABLE)
+                raise DatabaseUnavailable(DATABASE_UNAVAILABLE)
             return getting.result()
         except PoolTimeout as exc:
             self._troubled()
-            raise DatabaseUnavailable(f"{UNAVAILABLE} ({_said(exc)})") from exc
+            raise DatabaseUnavailable(f"{DATABASE_UNAVAILABLE} ({_said(exc)})") from exc
 
     def _abandon(self, getting: asyncio.Future) -> None:
         """Cancels a wait for a connection; one that came meanwhile goes back."""
@@ -270,50 +283,66 @@ class JobStore:
         getting.add_done_callback(give_back)
         getting.cancel()
 
+    @contextlib.contextmanager
+    def _node_errors(self, conn: psycopg.AsyncConnection[DictRow] | None = None) -> Iterator[None]:
+        """psycopg's errors said as the node's (see the module docstring)."""
+        try:
+            yield
+        except NodeError:
+            raise
+        except psycopg.DataError as exc:  # e.g. text PostgreSQL cannot store: the caller's to fix
+            raise BadInput(NOT_STORABLE) from exc
+        except psycopg.OperationalError as exc:
+            if conn is not None and not _connection_lost(exc, conn):
+                raise DatabaseUnavailable(str(exc)) from exc  # cancelled, deadlocked: worth trying again
+            self._troubled()
+            lost = "lost the connection: " if conn is not None else ""
+            raise DatabaseUnavailable(f"{DATABASE_UNAVAILABLE} ({lost}{_said(exc)})") from exc
+        except psycopg.Error as exc:
+            log.error("the job database refused a statement: %s", _said(exc), exc_info=exc)
+            raise DatabaseFault(f"internal error: {type(exc).__name__}") from exc
+
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[DictRow]]:
         """A pooled connection for one call, as pool.connection() gives one,
-        with a lost connection said as DatabaseUnavailable."""
+        with psycopg's errors said as the node's."""
         conn = await self._getconn()
         try:
-            async with conn:
-                yield conn
-        except psycopg.OperationalError as exc:
-            if isinstance(exc, DatabaseUnavailable) or not _connection_lost(exc, conn):
-                raise
-            self._troubled()
-            raise DatabaseUnavailable(f"{UNAVAILABLE} (lost the connection: {_said(exc)})") from exc
+            with self._node_errors(conn):
+                async with conn:
+                    yield conn
         finally:
             await self.pool.putconn(conn)
 
     async def migrate(self) -> None:
-        async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            cur = await conn.execute("SELECT version FROM schema_migrations")
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_migrations"])
+            await conn.execute(QUERIES["create_schema_migrations"])
+            cur = await conn.execute(QUERIES["applied_migrations"])
             applied = {row["version"] for row in await cur.fetchall()}
-            for version, name, sql in _migrations():
+            for version, name, text in _migrations():
                 if version in applied:
                     continue
                 log.info("applying migration %03d_%s", version, name)
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
-                )
+                await conn.execute(text)
+                await conn.execute(QUERIES["record_migration"], {"version": version, "name": name})
 
-    async def _one(self, name: str, /, **params: Any) -> dict[str, Any] | None:
+    async def _one(self, name: str, /, **params: Any) -> DictRow | None:
         async with self._connection() as conn:
             cur = await conn.execute(QUERIES[name], params)
             return await cur.fetchone()
 
-    async def _all(self, name: str, /, **params: Any) -> list[dict[str, Any]]:
+    async def _all(self, name: str, /, **params: Any) -> list[DictRow]:
         async with self._connection() as conn:
             cur = await conn.execute(QUERIES[name], params)
             return await cur.fetchall()
+
+    async def _job(self, name: str, /, **params: Any) -> Job | None:
+        row = await self._one(name, **params)
+        return _job_of(row) if row is not None else None
+
+    async def _jobs(self, name: str, /, **params: Any) -> list[Job]:
+        return [_job_of(row) for row in await self._all(name, **params)]
 
     # Jobs as callers see them.
 
@@ -322,73 +351,76 @@ class JobStore:
         *,
         job_type: str,
         domain_id: str,
-        query: dict,
-        input: dict,
+        query: dict[str, Any],
+        input: Mapping[str, Any],
         idempotency_key: str | None = None,
         priority: int = 0,
         max_attempts: int = 5,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[Job, bool]:
         """Returns the job and whether it was created now (False: an earlier
         create with the same idempotency key)."""
-        row = await self._one(
+        job = await self._job(
             "create_job",
             job_type=job_type,
             domain_id=domain_id,
             query=Jsonb(query),
-            input=Jsonb(input),
+            input=Jsonb(dict(input)),
             idempotency_key=idempotency_key or None,
             priority=priority,
             max_attempts=max_attempts,
         )
-        if row is not None:
-            return row, True
-        existing = await self._one("get_job_by_idempotency_key", idempotency_key=idempotency_key)
+        if job is not None:
+            return job, True
+        existing = await self._job("get_job_by_idempotency_key", idempotency_key=idempotency_key)
         if existing is None:  # the first job was deleted between the two statements
             raise Conflict("idempotency key in use; try again")
-        if existing["job_type"] != job_type:
-            raise Conflict(f"idempotency key {idempotency_key!r} was used for a {existing['job_type']} job")
+        if existing.job_type != job_type:
+            raise Conflict(f"idempotency key {idempotency_key!r} was used for a {existing.job_type} job")
         return existing, False
 
-    async def get_job(self, job_id: str | uuid.UUID) -> dict[str, Any]:
-        jid = job_id if isinstance(job_id, uuid.UUID) else parse_job_id(job_id)
-        row = await self._one("get_job", id=jid)
-        if row is None:
+    async def get_job(self, job_id: str | uuid.UUID) -> Job:
+        job = await self._job("get_job", id=parse_job_id(job_id))
+        if job is None:
             raise NotFound(f"job {job_id} not found")
-        return row
+        return job
 
-    async def job_events(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
-        return await self._all("job_events", id=job_id)
+    async def job_events(self, job_id: uuid.UUID) -> list[JobEvent]:
+        return [
+            JobEvent(**{**row, "status": Status(row["status"])}) for row in await self._all("job_events", id=job_id)
+        ]
 
     async def list_jobs(
         self, *, limit: int = 100, offset: int = 0, status: str | None = None, job_type: str | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Job]:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise BadInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
         if not 0 <= offset <= MAX_LIST_OFFSET:
             raise BadInput(f"offset must be between 0 and {MAX_LIST_OFFSET}, got {offset}")
-        if status is not None and status not in STATUSES:
-            raise BadInput(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
-        return await self._all("list_jobs", limit=limit, offset=offset, status=status, job_type=job_type)
+        if status is not None and status not in set(Status):
+            raise BadInput(f"unknown status {status!r}; expected one of {', '.join(Status)}")
+        return await self._jobs(
+            "list_jobs", limit=limit, offset=offset, status=None if status is None else str(status), job_type=job_type
+        )
 
-    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+    async def cancel_job(self, job_id: str) -> Job:
         jid = parse_job_id(job_id)
-        row = await self._one("cancel_job", id=jid)
-        if row is not None:
-            return row
+        cancelled = await self._job("cancel_job", id=jid)
+        if cancelled is not None:
+            return cancelled
         job = await self.get_job(jid)
-        if job["status"] in ("cancelling", "cancelled"):
+        if job.status in (Status.CANCELLING, Status.CANCELLED):
             return job
-        raise Conflict(f"job {job_id} is {job['status']} and cannot be cancelled")
+        raise Conflict(f"job {job_id} is {job.status} and cannot be cancelled")
 
-    async def retry_job(self, job_id: str, *, job_type: str, input: dict) -> dict[str, Any]:
+    async def retry_job(self, job_id: str, *, job_type: str, input: Mapping[str, Any]) -> Job:
         jid = parse_job_id(job_id)
-        row = await self._one("retry_job", id=jid, job_type=job_type, input=Jsonb(input))
-        if row is not None:
-            return row
+        retried = await self._job("retry_job", id=jid, job_type=job_type, input=Jsonb(dict(input)))
+        if retried is not None:
+            return retried
         job = await self.get_job(jid)
-        if job["job_type"] != job_type:
-            raise BadInput(f"job {job_id} is a {job['job_type']} job, not {job_type}")
-        raise Conflict(f"job {job_id} is {job['status']}; only a finished job can be retried")
+        if job.job_type != job_type:
+            raise BadInput(f"job {job_id} is a {job.job_type} job, not {job_type}")
+        raise Conflict(f"job {job_id} is {job.status}; only a finished job can be retried")
 
     async def ping(self) -> None:
         """Returns when the database answers, else raises DatabaseUnavailable;
@@ -417,17 +449,18 @@ class JobStore:
     async def queue_stats(self) -> tuple[int, float]:
         """Pending jobs that are due, and the age in seconds of the oldest pending one."""
         row = await self._one("queue_stats")
+        assert row is not None  # an aggregate: always one row
         return row["depth"], row["oldest_seconds"]
 
-    async def count_by_status(self) -> dict[str, int]:
-        return {row["status"]: row["n"] for row in await self._all("count_jobs_by_status")}
+    async def count_by_status(self) -> dict[Status, int]:
+        return {Status(row["status"]): row["n"] for row in await self._all("count_jobs_by_status")}
 
     # Jobs as workers see them.
 
     async def claim_jobs(self, worker_id: str, job_types: list[str], lease: float, limit: int) -> list[Claim]:
-        rows = await self._all("claim_jobs", worker_id=worker_id, job_types=job_types, lease=lease, limit=limit)
-        rows.sort(key=lambda r: (-r["priority"], r["queued_at"]))
-        return [Claim(row, worker_id) for row in rows]
+        jobs = await self._jobs("claim_jobs", worker_id=worker_id, job_types=job_types, lease=lease, limit=limit)
+        jobs.sort(key=lambda job: (-job.priority, job.queued_at))
+        return [Claim(job, worker_id) for job in jobs]
 
     async def claim_job(self, worker_id: str, job_types: list[str], lease: float) -> Claim | None:
         claims = await self.claim_jobs(worker_id, job_types, lease, 1)
@@ -437,38 +470,38 @@ class JobStore:
         row = await self._one("next_run_after", job_types=job_types)
         return row["run_after"] if row else None
 
-    async def renew_lease(self, claim: Claim, lease: float) -> str | None:
+    async def renew_lease(self, claim: Claim, lease: float) -> Status | None:
         """The job's status, or None when the claim was lost."""
         row = await self._one(
             "renew_lease", id=claim.id, worker_id=claim.worker_id, attempt=claim.attempt, lease=lease
         )
-        return row["status"] if row else None
+        return Status(row["status"]) if row else None
 
-    async def advance_job(self, claim: Claim, status: str) -> dict[str, Any] | None:
-        return await self._one(
-            "advance_job", id=claim.id, worker_id=claim.worker_id, attempt=claim.attempt, status=status
+    async def advance_job(self, claim: Claim, status: Status) -> Job | None:
+        return await self._job(
+            "advance_job", id=claim.id, worker_id=claim.worker_id, attempt=claim.attempt, status=Status(status).value
         )
 
     async def finish_job(
         self,
         claim: Claim,
-        status: str,
+        status: Status,
         *,
-        output: dict | None = None,
-        error: dict | None = None,
+        output: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
         retry_in: float = 0.0,
         failed: bool = False,
-    ) -> dict[str, Any] | None:
+    ) -> Job | None:
         """Ends the attempt; None when the claim was lost meanwhile (the
         result is then dropped: another worker owns the job). `failed`: the
         attempt failed, and counts in the job's run of failures
         (`failing_since`, `failures`); completing ends the run."""
-        return await self._one(
+        return await self._job(
             "finish_job",
             id=claim.id,
             worker_id=claim.worker_id,
             attempt=claim.attempt,
-            status=status,
+            status=Status(status).value,
             output=Jsonb(output) if output is not None else None,
             error=Jsonb(error) if error is not None else None,
             retry_in=retry_in,
@@ -481,7 +514,7 @@ class JobStore:
         await self._one("end_failing_streak", id=claim.id, worker_id=claim.worker_id, attempt=claim.attempt)
 
     async def save_caption(self, job_id: uuid.UUID, recipe: str, caption: Caption) -> None:
-        async with self.pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(QUERIES["save_caption"], {"job_id": job_id, "recipe": recipe, **dataclasses.asdict(caption)})
 
     async def captions(self, job_id: uuid.UUID, recipe: str) -> dict[str, Caption]:
@@ -489,11 +522,11 @@ class JobStore:
         rows = await self._all("job_captions", job_id=job_id, recipe=recipe)
         return {row["image_id"]: Caption(**row) for row in rows}
 
-    async def rescue_jobs(self, retry_for: float | None = None) -> list[dict[str, Any]]:
-        """Takes back the jobs whose lease ran out (their `id` and new
-        `status`): pending again in their place, or failed when out of
-        attempts or failing for `retry_for` seconds or more."""
-        return await self._all("rescue_jobs", retry_for=retry_for)
+    async def rescue_jobs(self, retry_for: float | None = None) -> list[Job]:
+        """Takes back the jobs whose lease ran out: pending again in their
+        place, or failed when out of attempts or failing for `retry_for`
+        seconds or more."""
+        return await self._jobs("rescue_jobs", retry_for=retry_for)
 
     # Notifications.
 
@@ -507,7 +540,7 @@ class JobStore:
                 async with await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT, **TCP_OPTIONS
                 ) as conn:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    await conn.execute(sql.SQL(QUERIES["listen"]).format(channel=sql.Identifier(channel)))
                     if lost_at is not None:
                         log.info("listening on %s again after %.1f s", channel, time.monotonic() - lost_at)
                         lost_at = None

@@ -22,8 +22,9 @@ from server.health_monitor import HealthMonitor
 from server import job_service
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
-from server.store import JOB_EVENTS_CHANNEL, UNAVAILABLE, DatabaseUnavailable, JobStore
 from devpeers.ports import free_port
+from server.errors import DATABASE_UNAVAILABLE, DatabaseUnavailable
+from server.store import JOB_EVENTS_CHANNEL, JobStore
 from tests.fixtures import settings_env, start_worker, wait_for
 from devpeers.tcp_proxy import CuttableProxy
 from tests.fixtures import create_request, struct
@@ -109,7 +110,7 @@ async def expect_unavailable(call) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await asyncio.wait_for(call, BOUND)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-    assert info.value.details() == UNAVAILABLE
+    assert info.value.details() == DATABASE_UNAVAILABLE
 
 
 async def test_calls_fail_fast_while_the_database_is_down_and_recover_at_once(node_processes, proxy):
@@ -137,7 +138,7 @@ async def test_calls_fail_fast_while_the_database_is_down_and_recover_at_once(no
     for path in ("/api/v1/jobs", f"/api/v1/jobs/{job.id}", f"/api/v1/jobs/{job.id}/events"):
         response = await asyncio.wait_for(http.get(path), BOUND)
         assert response.status_code == 503, (path, response.text)
-        assert response.json() == {"error": UNAVAILABLE}
+        assert response.json() == {"error": DATABASE_UNAVAILABLE}
 
     await proxy.restore()
 
@@ -189,7 +190,7 @@ async def test_a_watch_rides_out_an_outage_and_resumes_from_the_jobs_state(
         await store.open()
         try:
             async def completed():
-                return (await store.get_job(job.id))["status"] == "completed"
+                return (await store.get_job(job.id)).status == "completed"
 
             await wait_for(completed, timeout=30)
         finally:
@@ -257,13 +258,13 @@ async def test_a_watch_ends_unavailable_when_the_outage_outlasts_its_limit(proxi
     try:
         job, _ = await store.create_job(job_type="vlm_only", domain_id="d", query={"ids": []}, input={})
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            watch = jobs_pb2_grpc.JobServiceStub(channel).WatchJob(jobs_pb2.WatchJobRequest(id=str(job["id"])))
+            watch = jobs_pb2_grpc.JobServiceStub(channel).WatchJob(jobs_pb2.WatchJobRequest(id=str(job.id)))
             assert (await watch.read()).job.status == jobs_pb2.JOB_STATUS_PENDING
             await proxy.cut()
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await asyncio.wait_for(watch.read(), 20)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert info.value.details() == UNAVAILABLE
+            assert info.value.details() == DATABASE_UNAVAILABLE
     finally:
         await monitor.stop()
         await server.stop(0)
@@ -293,7 +294,7 @@ async def test_a_fail_fast_store_refuses_at_once_while_down(proxied_url, proxy):
             # down, not after its wait for a connection.
             with pytest.raises(DatabaseUnavailable) as info:
                 await waiting
-            assert str(info.value) == UNAVAILABLE
+            assert str(info.value) == DATABASE_UNAVAILABLE
         with pytest.raises(DatabaseUnavailable):
             await store.get_job(uuid.uuid4())
         await proxy.restore()
@@ -312,11 +313,11 @@ async def test_a_workers_store_waits_through_a_short_outage(proxied_url, proxy):
     try:
         job, _ = await store.create_job(job_type="vlm_only", domain_id="d", query={"ids": []}, input={})
         await proxy.cut()
-        reading = asyncio.create_task(store.get_job(job["id"]))
+        reading = asyncio.create_task(store.get_job(job.id))
         await asyncio.sleep(2)
         assert not reading.done()
         await proxy.restore()
-        assert (await asyncio.wait_for(reading, 10))["id"] == job["id"]
+        assert (await asyncio.wait_for(reading, 10)).id == job.id
     finally:
         await store.close()
 
@@ -335,7 +336,7 @@ async def test_listen_says_when_it_reconnects(proxied_url, proxy, database_url):
     await direct.open()
     try:
         job, _ = await direct.create_job(job_type="vlm_only", domain_id="d", query={"ids": []}, input={})
-        assert (await asyncio.wait_for(anext(notes), BOUND)).startswith(str(job["id"]))
+        assert (await asyncio.wait_for(anext(notes), BOUND)).startswith(str(job.id))
     finally:
         await notes.aclose()
         await direct.close()

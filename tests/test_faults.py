@@ -92,7 +92,7 @@ async def test_postgres_restart_loses_nothing(own_postgres, settings, fake_ollam
         await store.open()
         assert await store.count_by_status() == {"completed": 8}
         for job_id in ids:
-            statuses = [e["status"] for e in await store.job_events(uuid.UUID(job_id))]
+            statuses = [e.status for e in await store.job_events(uuid.UUID(job_id))]
             assert statuses.count("completed") == 1, statuses
         await store.close()
     finally:

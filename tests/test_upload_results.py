@@ -22,7 +22,7 @@ def results(posemesh) -> list[dict]:
 
 
 async def statuses(worker, job) -> list[str]:
-    return [e["status"] for e in await worker.store.job_events(uuid.UUID(job.id))]
+    return [e.status for e in await worker.store.job_events(uuid.UUID(job.id))]
 
 
 async def test_the_result_is_stored_in_the_domain_and_its_id_given(jobs, worker, posemesh, webhook):
@@ -85,8 +85,8 @@ async def test_a_transient_upload_failure_is_retried_without_a_second_item(jobs,
     assert posemesh.upload_requests[1].parts[0].disposition == {"id": item["id"]}
     # The first attempt's error said why it was retried.
     events = await worker.store.job_events(uuid.UUID(done.id))
-    [retried] = [e for e in events if e["status"] == "pending" and e["error"]]
-    assert retried["error"]["code"] == "upload_failed" and "answered 504" in retried["error"]["message"]
+    [retried] = [e for e in events if e.status == "pending" and e.error]
+    assert retried.error["code"] == "upload_failed" and "answered 504" in retried.error["message"]
     # The captions were kept: the retry made none again.
     assert len(vlm_requests(fake_ollama)) == 6
 

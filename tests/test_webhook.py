@@ -447,3 +447,40 @@ async def test_a_job_error_says_the_receivers_status_not_its_answer(settings, we
     assert done.status == jobs_pb2.JOB_STATUS_FAILED
     assert done.error.code == "webhook_failed"
     assert done.error.message == f"webhook {webhook.url} answered 400; not retrying"
+
+
+async def test_the_webhook_url_is_stored_and_delivered_to_as_it_was_validated(settings, webhook):
+    """A webhook_url with white space about it is taken without it: stored,
+    shown back and delivered to so (not failed five times as unreachable)."""
+    opened = dataclasses.replace(settings, webhook_allow_networks="127.0.0.0/8")
+    async with node_and_jobs(opened) as (node, jobs), running_worker(opened):
+        job = (await jobs.CreateJob(with_webhook(f"  {webhook.url}\n"))).job
+        assert job.input["webhook_url"] == webhook.url
+        done = await wait_final(jobs, job.id)
+        assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+        assert done.input["webhook_url"] == webhook.url
+        retried = (await jobs.RetryJob(jobs_pb2.RetryJobRequest(
+            id=job.id, job_type="vlm_only", input=struct({"vlm_prompt": "Again", "webhook_url": f"\t{webhook.url} "})
+        ))).job
+        assert retried.input["webhook_url"] == webhook.url
+        again = await wait_final(jobs, job.id)
+    assert again.status == jobs_pb2.JOB_STATUS_COMPLETED, again.error
+    deliveries = await asyncio.to_thread(webhook.wait_for, 2)
+    assert [d.json["job_id"] for d in deliveries] == [job.id, job.id]
+    assert all(d.json["error"] is None for d in deliveries)
+
+
+async def test_a_job_stored_with_white_space_about_its_webhook_url_is_delivered_too(settings, webhook):
+    """Jobs stored before their input was stored as validated: the worker
+    reads the webhook_url as validation reads it, not as it was stored."""
+    opened = dataclasses.replace(settings, webhook_allow_networks="127.0.0.0/8")
+    async with node_and_jobs(opened) as (node, jobs), running_worker(opened) as worker:
+        request = with_webhook(webhook.url)
+        job, _ = await worker.store.create_job(
+            job_type="vlm_only", domain_id=request.domain_id, query={"ids": list(request.query["ids"])},
+            input={"vlm_prompt": "Describe", "webhook_url": f" {webhook.url}"},
+        )
+        done = await wait_final(jobs, str(job.id))
+    assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
+    [delivery] = await asyncio.to_thread(webhook.wait_for, 1)
+    assert delivery.json["job_id"] == str(job.id) and delivery.json["error"] is None

@@ -50,7 +50,7 @@ async def test_task_timing_finds_start_and_end(jobs, worker, webhook, posemesh, 
     expected = hmac.new(b"s3cret", f"{ts}.".encode() + delivery.body, hashlib.sha256).hexdigest()
     assert delivery.headers["x-vlm-signature"] == f"sha256={expected}"
     statuses = [s for s in (await worker.store.job_events(done_id(done)))]
-    assert [e["status"] for e in statuses] == ["pending", "running", "completing", "uploading", "completed"]
+    assert [e.status for e in statuses] == ["pending", "running", "completing", "uploading", "completed"]
 
 
 def done_id(job):
@@ -294,7 +294,7 @@ async def test_an_ollama_outage_longer_than_the_old_retry_budget_is_waited_out(s
     assert done.status == jobs_pb2.JOB_STATUS_COMPLETED, done.error
     assert done.attempts > 8 and done.max_attempts == 100
     assert len(as_dict(done.output)["responses"]) == 6
-    assert row["failing_since"] is None and row["failures"] == 0  # the success ended the run of failures
+    assert row.failing_since is None and row.failures == 0  # the success ended the run of failures
 
 
 async def test_a_spent_retry_budget_fails_the_job_saying_what_it_waited_for(settings, jobs, fake_ollama):
@@ -362,13 +362,13 @@ async def test_a_job_taken_back_from_a_dead_worker_goes_before_newer_jobs(settin
         await store.claim_job("dead-worker", ["vlm_only"], lease=0.05)
         newer = [(await jobs.CreateJob(create_request(**VLM_ONLY))).job for _ in range(3)]
         await asyncio.sleep(0.1)
-        assert [r["status"] for r in await store.rescue_jobs(settings.job_retry_for)] == ["pending"]
+        assert [r.status for r in await store.rescue_jobs(settings.job_retry_for)] == ["pending"]
         async with running_worker(settings):  # one job at a time (WORKER_JOBS=1)
             for job in [oldest, *newer]:
                 assert (await wait_final(jobs, job.id)).status == jobs_pb2.JOB_STATUS_COMPLETED
         runs = []
         for job in [oldest, *newer]:
-            runs += [(e["at"], job.id) for e in await store.job_events(uuid.UUID(job.id)) if e["status"] == "running"]
+            runs += [(e.at, job.id) for e in await store.job_events(uuid.UUID(job.id)) if e.status == "running"]
     finally:
         await store.close()
     runs.sort()

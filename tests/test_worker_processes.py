@@ -52,9 +52,9 @@ async def test_worker_killed_mid_job_is_replaced_and_the_job_completes_once(
     assert done.attempts == 2 and done.worker_id == ""
     events = await store.job_events(uuid.UUID(job.id))
     await store.close()
-    statuses = [e["status"] for e in events]
+    statuses = [e.status for e in events]
     assert statuses.count("running") == 2 and statuses.count("completed") == 1
-    assert events[statuses.index("running") + 1]["error"]["code"] == "lease_expired"
+    assert events[statuses.index("running") + 1].error["code"] == "lease_expired"
     assert held.worker_id
     await asyncio.sleep(0.5)
     assert len(webhook.deliveries) == 1

@@ -14,12 +14,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from server.domain import DataItem, capture_time, is_image, name_stamp, validate_query
 from server.errors import BadInput
 from server.images import MAX_BYTES, prepare
+from server.jobs import Job
 from server.store import Caption
+
+if TYPE_CHECKING:  # worker.pipelines imports this module
+    from worker.pipelines import Peers
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ BATCHES_AHEAD = 1  # batches downloaded while the one before is captioned
 
 
 class CaptionContext(Protocol):
-    job: dict[str, Any]
+    job: Job
 
     async def captions(self, recipe: str) -> dict[str, Caption]: ...
 
@@ -86,13 +90,13 @@ def _batches(items: Sequence[DataItem]) -> list[list[DataItem]]:
     return batches
 
 
-async def caption_images(ctx: CaptionContext, peers, prompt: str) -> tuple[list[Row], list[dict[str, str]]]:
+async def caption_images(ctx: CaptionContext, peers: "Peers", prompt: str) -> tuple[list[Row], list[dict[str, str]]]:
     """The job's images captioned with `prompt`, in capture order, and the
     images skipped (unreadable, too large, gone), each with its reason."""
-    settings, job = peers.settings, ctx.job
-    if peers.domain is None:
+    settings, job, domain = peers.settings, ctx.job, peers.domain
+    if domain is None:
         raise BadInput("posemesh is not configured on this worker", code="not_configured")
-    listed = await peers.domain.list_items(job["domain_id"], validate_query(job["query"]))
+    listed = await domain.list_items(job.domain_id, validate_query(job.query))
     items = [item for item in listed if is_image(item)]
     if not items:
         raise BadInput("No data found: the query matches no images", code="no_images")
@@ -107,7 +111,7 @@ async def caption_images(ctx: CaptionContext, peers, prompt: str) -> tuple[list[
     skipped = [_skip(i, f"larger than {MAX_BYTES} bytes") for i in items if i.id not in done and i.size > MAX_BYTES]
     todo = [i for i in items if i.id not in done and i.size <= MAX_BYTES]
     if done:
-        log.info("job %s: %d of %d captions kept from before", job["id"], len(done), len(items))
+        log.info("job %s: %d of %d captions kept from before", job.id, len(done), len(items))
 
     slots = asyncio.Semaphore(settings.caption_concurrency)
     options = {"num_predict": settings.caption_max_tokens}
@@ -132,7 +136,7 @@ async def caption_images(ctx: CaptionContext, peers, prompt: str) -> tuple[list[
 
     async def download() -> None:
         for batch in _batches(todo):
-            got = {i.id: i for i in await peers.domain.download_ids(job["domain_id"], [i.id for i in batch])}
+            got = {i.id: i for i in await domain.download_ids(job.domain_id, [i.id for i in batch])}
             skipped.extend(_skip(i, "no longer in the domain") for i in batch if i.id not in got)
             await downloads.put([got[i.id] for i in batch if i.id in got])
         await downloads.put(None)

@@ -11,13 +11,14 @@ from typing import Any, Awaitable, Callable, Protocol
 from server.config import Settings
 from server.domain import DomainClient
 from server.engine import OllamaEngine
-from server.jobs import TASK_TIMING, VLM_ONLY, JobInput, validate_input
+from server.job_status import Status
+from server.jobs import TASK_TIMING, VLM_ONLY, JobInput
 from worker.captions import CaptionContext, caption_images
 from worker.task_timing import decide, reply, task_output, timeline_csv
 
 
 class JobContext(CaptionContext, Protocol):
-    async def advance(self, status: str) -> None: ...
+    async def advance(self, status: Status) -> None: ...
 
 
 @dataclass
@@ -39,7 +40,7 @@ async def run_vlm_only(ctx: JobContext, peers: Peers, data: JobInput) -> dict[st
 
 async def run_task_timing(ctx: JobContext, peers: Peers, data: JobInput) -> dict[str, Any]:
     rows, skipped = await caption_images(ctx, peers, data.vlm_prompt)
-    await ctx.advance("completing")
+    await ctx.advance(Status.COMPLETING)
     decision = await decide(rows, data.prompt, peers.engine, peers.settings.llm_model)
     return {
         "logs": timeline_csv(rows),
@@ -58,5 +59,5 @@ PIPELINES: dict[str, Pipeline] = {TASK_TIMING: run_task_timing, VLM_ONLY: run_vl
 async def run_job(ctx: JobContext, peers: Peers, pipelines: dict[str, Pipeline] = PIPELINES) -> dict[str, Any]:
     """The job's pipeline: the one its input's `job_type` names, as the
     original worker chose it, else the job's own type."""
-    data = validate_input(ctx.job["job_type"], ctx.job["input"])
+    data = ctx.job.validated_input
     return await pipelines[data.pipeline](ctx, peers, data)

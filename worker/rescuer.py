@@ -6,10 +6,8 @@ its workers fails once out of attempts or out of its retry budget."""
 import asyncio
 import logging
 
-import psycopg
-import psycopg_pool
-
 from server.background import BackgroundDuty
+from server.errors import NodeError
 from server.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -28,7 +26,7 @@ class JobRescuer(BackgroundDuty):
         while True:
             await asyncio.sleep(self.interval)
             try:
-                for row in await self.store.rescue_jobs(self.retry_for):
-                    log.warning("job %s: lease expired; now %s", row["id"], row["status"], extra={"job_id": str(row["id"])})
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                for job in await self.store.rescue_jobs(self.retry_for):
+                    log.warning("job %s: lease expired; now %s", job.id, job.status, extra={"job_id": str(job.id)})
+            except NodeError as exc:  # the store's: the database away, or refusing
                 log.warning("rescuer cannot reach the database: %s", exc)

@@ -5,6 +5,7 @@ for it, then to its webhook), and records how each attempt ended."""
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -14,13 +15,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
-import psycopg
-import psycopg_pool
 
 from server import logs
 from server import metrics
 from server.destinations import Destinations
-from server.errors import NodeError
+from server.errors import BadInput, NodeError
+from server.job_status import Status
+from server.jobs import Job
 from server.retry import RetryStrategy, duration
 from server.store import JOBS_READY_CHANNEL, Caption, Claim, JobStore
 from worker.pipelines import PIPELINES, Peers, Pipeline, run_job
@@ -50,7 +51,7 @@ class _Context:
         self.job = claim.job
         self.progressed = False  # a caption was kept: the job's run of failures is over
 
-    async def advance(self, status: str) -> None:
+    async def advance(self, status: Status) -> None:
         if await self.store.advance_job(self.claim, status) is None:
             raise JobCancelled()
 
@@ -61,15 +62,23 @@ class _Context:
         await self.store.save_caption(self.claim.id, recipe, caption)
         if not self.progressed:
             self.progressed = True
-            if self.job["failing_since"] is not None or self.job["failures"]:
+            if self.job.failing_since is not None or self.job.failures:
                 await self.store.end_failing_streak(self.claim)
 
 
-def _outcome(row: dict[str, Any] | None) -> str:
+def _outcome(job: Job | None) -> str:
     """How an attempt ended, for the job duration metric."""
-    if row is None:
+    if job is None:
         return "lost"
-    return "retried" if row["status"] == "pending" else row["status"]
+    return "retried" if job.status == Status.PENDING else job.status.value
+
+
+def _webhook_url(job: Job) -> str:
+    """Where the job's result goes ("": nowhere), as its input was validated."""
+    try:
+        return job.validated_input.webhook_url
+    except BadInput:  # stored before its input was refused so; its attempt fails saying why
+        return ""
 
 
 def gave_up(failing_for: float, failures: int, max_attempts: int, retry_for: float | None) -> str:
@@ -141,7 +150,7 @@ class Worker:
                 for claim in claims:
                     task = asyncio.create_task(self._run_job(claim), name=f"job-{claim.id}")
                     self._running[claim.id] = task
-                    task.add_done_callback(lambda _t, jid=claim.id: self._job_done(jid))
+                    task.add_done_callback(functools.partial(self._job_done, claim.id))
         finally:
             listener.cancel()
             await self.rescuer.stop()
@@ -158,20 +167,20 @@ class Worker:
         self._wake.set()
         self._slot_freed.set()
 
-    def _job_done(self, job_id: uuid.UUID) -> None:
+    def _job_done(self, job_id: uuid.UUID, _task: asyncio.Task | None = None) -> None:
         self._running.pop(job_id, None)
         self._slot_freed.set()
 
     async def _claim(self, limit: int) -> list[Claim]:
         try:
             claims = await self.store.claim_jobs(self.id, self.job_types, self.settings.job_lease, limit)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        except NodeError as exc:  # the store's: the database away, or refusing
             log.warning("worker %s cannot claim: %s", self.id, exc)
             await asyncio.sleep(DB_ERROR_PAUSE)
             return []
         now = datetime.now(timezone.utc)
         for claim in claims:
-            wait = (now - max(claim.job["queued_at"], claim.job["run_after"])).total_seconds()
+            wait = (now - max(claim.job.queued_at, claim.job.run_after)).total_seconds()
             metrics.PICKUP.observe(max(wait, 0.0))
             log.info("job %s claimed by %s (attempt %d, %.3f s after it was due)", claim.id, self.id, claim.attempt,
                      wait, extra={"job_id": str(claim.id)})
@@ -183,7 +192,7 @@ class Worker:
             due = await self.store.next_run_after(self.job_types)
             if due is not None:
                 timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.01))
-        except (psycopg.Error, psycopg_pool.PoolTimeout):
+        except NodeError:  # the store's; polling goes on as if no job were due
             pass
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -216,17 +225,17 @@ class Worker:
                 log.warning("job %s: claim lost; dropping this attempt", claim.id)
             elif reason == "cancelling":
                 outcome = "cancelled"
-                await self._finish(claim, "cancelled", error=CANCELLED)
+                await self._finish(claim, Status.CANCELLED, error=CANCELLED)
             else:  # the worker itself is stopping: hand the job back
                 outcome = "handed_back"
                 stopped = {"code": "worker_stopped", "message": f"worker {self.id} stopped"}
-                await asyncio.shield(self._finish(claim, "pending", error=stopped))
+                await asyncio.shield(self._finish(claim, Status.PENDING, error=stopped))
                 raise
             return
         finally:
             keeper.cancel()
-            metrics.JOB_DURATION.labels(claim.job["job_type"], outcome).observe(time.monotonic() - started)
-        url = claim.job["input"].get("webhook_url") or ""
+            metrics.JOB_DURATION.labels(claim.job.job_type, outcome).observe(time.monotonic() - started)
+        url = _webhook_url(claim.job)
         if failure is not None and url:
             # The job is no longer held, so no lease to keep: say why it failed.
             try:
@@ -234,7 +243,7 @@ class Worker:
             except NodeError as exc:
                 log.warning("job %s: could not report the failure to its webhook: %s", claim.id, exc.message)
 
-    async def _attempt(self, claim: Claim) -> tuple[dict | None, str]:
+    async def _attempt(self, claim: Claim) -> tuple[dict[str, Any] | None, str]:
         """Runs the pipeline and records the outcome, the result's upload to
         the domain and a successful webhook delivery included, under the
         lease. Returns the error of a job that failed for good (for its
@@ -244,16 +253,16 @@ class Worker:
         try:
             output = await run_job(ctx, self.peers, self.pipelines)
             if wants_upload(claim.job):
-                await ctx.advance("uploading")
+                await ctx.advance(Status.UPLOADING)
                 output = await upload_result(self.peers.domain, claim.job, output)
         except JobCancelled:
-            row = await self._finish(claim, "cancelled", error=CANCELLED)
+            job = await self._finish(claim, Status.CANCELLED, error=CANCELLED)
         except Exception as exc:
             # A failed upload keeps the output when the job fails for good: the work is done.
             return await self._failed(claim, exc, progressed=ctx.progressed, output=output)
         else:
-            row = await self._completed(claim, output)
-        return None, _outcome(row)
+            job = await self._completed(claim, output)
+        return None, _outcome(job)
 
     async def _keep_lease(self, claim: Claim, work: asyncio.Task) -> str:
         """Renews the lease while the attempt runs; cancels it when the job
@@ -262,54 +271,54 @@ class Worker:
             await asyncio.sleep(self.settings.job_lease / 3)
             try:
                 status = await self.store.renew_lease(claim, self.settings.job_lease)
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            except NodeError as exc:  # the store's: the database away, or refusing
                 log.warning("job %s: cannot renew the lease: %s", claim.id, exc)
                 continue
-            if status is None or status == "cancelling":
+            if status is None or status == Status.CANCELLING:
                 work.cancel()
                 return "lost" if status is None else "cancelling"
 
-    async def _completed(self, claim: Claim, output: dict[str, Any]) -> dict[str, Any] | None:
-        url = claim.job["input"].get("webhook_url") or ""
+    async def _completed(self, claim: Claim, output: dict[str, Any]) -> Job | None:
+        url = _webhook_url(claim.job)
         if url:
-            if await self.store.advance_job(claim, "uploading") is None:
-                return await self._finish(claim, "cancelled", error=CANCELLED)
+            if await self.store.advance_job(claim, Status.UPLOADING) is None:
+                return await self._finish(claim, Status.CANCELLED, error=CANCELLED)
             try:
                 await self._deliver(url, claim, data=output, error=None)
             except NodeError as exc:
                 error = {"code": exc.code, "message": exc.message}
-                return await self._finish(claim, "failed", output=output, error=error)
-        return await self._finish(claim, "completed", output=output)
+                return await self._finish(claim, Status.FAILED, output=output, error=error)
+        return await self._finish(claim, Status.COMPLETED, output=output)
 
     async def _failed(
-        self, claim: Claim, exc: Exception, *, progressed: bool, output: dict | None = None
-    ) -> tuple[dict | None, str]:
-        if isinstance(exc, NodeError):
+        self, claim: Claim, exc: Exception, *, progressed: bool, output: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any] | None, str]:
+        if isinstance(exc, NodeError):  # the store's DatabaseUnavailable among them, transient
             error, transient = {"code": exc.code, "message": exc.message}, exc.transient
-        elif isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
-            error, transient = {"code": "database_unavailable", "message": str(exc)}, True
         else:
             log.exception("job %s: unexpected error", claim.id, exc_info=exc)
             error, transient = {"code": "internal", "message": f"internal error: {type(exc).__name__}"}, False
         if transient:
             # The run of failures this one belongs to: a new one when this
             # attempt made progress (end_failing_streak has said so).
-            since = None if progressed else claim.job["failing_since"]
-            failures = (0 if progressed else claim.job["failures"]) + 1
+            since = None if progressed else claim.job.failing_since
+            failures = (0 if progressed else claim.job.failures) + 1
             failing_for = max((datetime.now(timezone.utc) - since).total_seconds(), 0.0) if since else 0.0
-            retry = dataclasses.replace(self.retry, max_attempts=claim.job["max_attempts"])
+            retry = dataclasses.replace(self.retry, max_attempts=claim.job.max_attempts)
             if retry.should_retry(claim.attempt, failing_for):
                 delay = retry.delay(failures)
                 log.warning("job %s: attempt %d failed (%s); retrying in %.1f s (failing for %s)", claim.id,
                             claim.attempt, error["message"], delay, duration(failing_for))
-                row = await self._finish(claim, "pending", error=error, retry_in=delay, failed=True)
-                return None, _outcome(row)
-            error["message"] += gave_up(failing_for, failures, claim.job["max_attempts"], retry.retry_for)
+                job = await self._finish(claim, Status.PENDING, error=error, retry_in=delay, failed=True)
+                return None, _outcome(job)
+            error["message"] += gave_up(failing_for, failures, claim.job.max_attempts, retry.retry_for)
         log.warning("job %s failed: %s", claim.id, error["message"])
-        row = await self._finish(claim, "failed", output=output, error=error, failed=True)
-        return (error if row and row["status"] == "failed" else None), _outcome(row)
+        job = await self._finish(claim, Status.FAILED, output=output, error=error, failed=True)
+        return (error if job and job.status == Status.FAILED else None), _outcome(job)
 
-    async def _deliver(self, url: str, claim: Claim, *, data: dict | None, error: dict | None) -> None:
+    async def _deliver(
+        self, url: str, claim: Claim, *, data: dict[str, Any] | None, error: dict[str, Any] | None
+    ) -> None:
         try:
             await deliver(
                 self.http,
@@ -326,10 +335,10 @@ class Worker:
             raise
         metrics.WEBHOOKS.labels("delivered").inc()
 
-    async def _finish(self, claim: Claim, status: str, **kw: Any) -> dict[str, Any] | None:
-        row = await self.store.finish_job(claim, status, **kw)
-        if row is None:
+    async def _finish(self, claim: Claim, status: Status, **kw: Any) -> Job | None:
+        job = await self.store.finish_job(claim, status, **kw)
+        if job is None:
             log.warning("job %s: claim lost before the result was saved; dropping it", claim.id)
         else:
-            log.info("job %s %s", claim.id, row["status"])
-        return row
+            log.info("job %s %s", claim.id, job.status)
+        return job

@@ -20,7 +20,7 @@ captions are kept (worker/captions.py).
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +190,7 @@ class _Asker:
         raise AssertionError("unreachable")
 
 
-def _span(lines: Sequence[str], start: int, room: int, cost) -> range:
+def _span(lines: Sequence[str], start: int, room: int, cost: Callable[[str], int]) -> range:
     """The rows from `start` whose lines fit in `room` tokens."""
     end, used = start, 0
     while end < len(lines) and used + cost(lines[end]) <= room:

@@ -23,7 +23,7 @@ from typing import Any
 
 from server.domain import DomainClient
 from server.errors import NodeError
-from server.jobs import validate_input
+from server.jobs import Job
 
 __all__ = ["RESULT_DATA_TYPE", "UploadFailed", "encode_result", "result_name", "upload_result", "wants_upload"]
 
@@ -41,8 +41,8 @@ class UploadFailed(NodeError):
         self.transient = transient
 
 
-def wants_upload(job: dict[str, Any]) -> bool:
-    return validate_input(job["job_type"], job["input"]).upload_results
+def wants_upload(job: Job) -> bool:
+    return job.validated_input.upload_results
 
 
 def result_name(job_id: Any) -> str:
@@ -53,13 +53,13 @@ def encode_result(output: dict[str, Any]) -> bytes:
     return json.dumps(output, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-async def upload_result(domain: DomainClient | None, job: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+async def upload_result(domain: DomainClient | None, job: Job, output: dict[str, Any]) -> dict[str, Any]:
     """Stores `output` as the job's result item; returns the output with `uploaded` added."""
-    domain_id = str(job["domain_id"])
+    domain_id = job.domain_id
     if domain is None:
         raise UploadFailed("cannot store the result: posemesh is not configured on this worker", transient=False)
     try:
-        item = await domain.upload_item(domain_id, result_name(job["id"]), RESULT_DATA_TYPE, encode_result(output))
+        item = await domain.upload_item(domain_id, result_name(job.id), RESULT_DATA_TYPE, encode_result(output))
     except NodeError as exc:
         raise UploadFailed(
             f"could not store the result in domain {domain_id}: {exc.message}", transient=exc.transient

@@ -52,6 +52,7 @@ import hmac
 import json
 import time
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import logging
 
@@ -102,7 +103,7 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     return min(max(seconds, 0.0), cap)
 
 
-def _pinned(http: httpx.AsyncClient, url: httpx.URL, address: str, **kw) -> httpx.Request:
+def _pinned(http: httpx.AsyncClient, url: httpx.URL, address: str, **kw: Any) -> httpx.Request:
     """The request for `url`, sent to `address`: the name stays in Host and in TLS."""
     extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     headers = {**kw.pop("headers"), "Host": url.netloc.decode("ascii")}

@@ -5,19 +5,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server.errors import short_message
+from server.errors import ANSWERS, short_message
 
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
+# Each of our errors' gRPC status as ANSWERS gives it, and the statuses that
+# reach the bridge from elsewhere: the node's auth (UNAUTHENTICATED), gRPC
+# itself, or a node of another version.
+HTTP_STATUS = {answer.grpc: answer.http for answer in ANSWERS.values()} | {
     grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 
 

@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from server import domain, jobs
-from server.bridge import http_rules, rest
+from server.bridge import http_rules
+from server.job_status import Status
 
-STATUSES = list(rest.STATUSES)
+STATUSES = [str(status) for status in Status]
 JOB_TYPES = list(jobs.JOB_TYPES)
 INT32 = {"minimum": -(2**31), "maximum": 2**31 - 1}
 MAX_TEXT = jobs.MAX_PROMPT_CHARS  # characters of a prompt or a webhook URL

@@ -38,10 +38,11 @@ from starlette.types import Receive, Scope, Send
 from vlmnode.v1 import jobs_pb2
 
 from server.bridge import http_rules
-from server.bridge.auth import caller_metadata
-from server.bridge.errors import error_response
 from server.domain import validate_domain_id, validate_query
 from server.errors import BadInput, original_error, shown
+from server.job_status import FINAL, Status, status_to_proto
+from server.bridge.auth import caller_metadata
+from server.bridge.errors import error_response
 
 if TYPE_CHECKING:
     from vlmnode.v1.jobs_pb2_grpc import JobServiceAsyncStub
@@ -55,10 +56,7 @@ MAX_ID_CHARS = 100  # a job id is a UUID; anything much longer is not one
 MAX_DEPTH = 32  # nesting of `query` and `input`
 INT32_MAX = 2**31 - 1
 
-STATUSES = tuple(
-    name.removeprefix("JOB_STATUS_").lower() for name in jobs_pb2.JobStatus.keys() if name != "JOB_STATUS_UNSPECIFIED"
-)
-FINAL_STATUSES = {jobs_pb2.JOB_STATUS_COMPLETED, jobs_pb2.JOB_STATUS_FAILED, jobs_pb2.JOB_STATUS_CANCELLED}
+FINAL_STATUSES = {status_to_proto(status) for status in FINAL}
 
 CREATE_FIELDS = ("job_type", "query", "domain_id", "input", "idempotency_key", "priority", "max_attempts")
 # The original UI's Retry sends the job's domain_id and query back with it.
@@ -283,8 +281,8 @@ async def list_jobs(request: Request) -> Response:
     limit = _query_int(request, "limit")
     offset = _query_int(request, "offset")
     status = request.query_params.get("status") or ""
-    if status and status not in STATUSES:
-        raise BadRequest(f"unknown status {status[:40]!r}; expected one of {', '.join(STATUSES)}")
+    if status and status not in set(Status):
+        raise BadRequest(f"unknown status {status[:40]!r}; expected one of {', '.join(Status)}")
     job_type = request.query_params.get("job_type") or ""
     if len(job_type) > 100:
         raise BadRequest(f"unknown job_type {job_type[:40]!r}...")
@@ -294,7 +292,7 @@ async def list_jobs(request: Request) -> Response:
         jobs_pb2.ListJobsRequest(
             limit=limit,
             offset=offset,
-            status="JOB_STATUS_" + status.upper() if status else None,  # a label, checked against STATUSES above
+            status=status_to_proto(Status(status)) if status else jobs_pb2.JOB_STATUS_UNSPECIFIED,
             job_type=job_type,
         ),
         timeout=CALL_TIMEOUT,

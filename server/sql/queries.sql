@@ -1,5 +1,30 @@
 -- All SQL of the node, as named queries: `-- name --`, a comment saying what
--- it does, then the statement. Loaded by server/store.py.
+-- it does, then the statement. Loaded by server/store.py. The status
+-- literals are server/job_status.py's Status (tests/test_store.py checks).
+
+-- lock_migrations --
+-- Held until the migrating transaction ends, so that processes starting
+-- together migrate one after the other. The id is "vlmn" (0x766C6D6E).
+SELECT pg_advisory_xact_lock(1986817390);
+
+-- create_schema_migrations --
+-- The migrations applied, by their number (sql/migrations/NNN_name.sql).
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- applied_migrations --
+SELECT version FROM schema_migrations;
+
+-- record_migration --
+INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- listen --
+-- Receive the notifications of a channel (see the migrations' trigger
+-- jobs_status_changed); the channel goes in as an identifier.
+LISTEN {channel};
 
 -- create_job --
 -- Insert a job; with an idempotency key already used, insert nothing.
@@ -164,7 +189,7 @@ UPDATE jobs SET
     updated_at = now()
 FROM verdict v
 WHERE jobs.id = v.id
-RETURNING jobs.id, jobs.status;
+RETURNING jobs.*;
 
 -- end_failing_streak --
 -- The attempt held by this worker made progress (it kept a caption): the
