@@ -30,6 +30,7 @@ check: $(STAMP)
 	cd clients/typescript && $(NPM_CI)
 	scripts/generate.sh --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf format --diff --exit-code
 	scripts/check-breaking.sh

@@ -54,10 +54,10 @@ from urllib.parse import urlsplit
 import grpc
 import httpx
 import psycopg
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from bench.database import percentile
 from bench.soak import Node, analyse, image_ids, log_summary
+from devpeers.fake_posemesh import DEMO_DOMAIN_ID
 from devpeers.ports import free_port, wait_port
 from server.config import Settings
 from server.embedded_postgres import EmbeddedPostgres, with_database
@@ -65,7 +65,7 @@ from server.errors import NodeError
 from server.job_status import FINAL
 from server.jobs import Job
 from server.store import JobStore
-from devpeers.fake_posemesh import DEMO_DOMAIN_ID
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 # When each fault comes, in seconds from the first job.
 KILL_FIRST_WORKER_AT = 15.0

@@ -71,7 +71,7 @@ async def polling_worker(store: JobStore, stop: asyncio.Event) -> None:
             await store.finish_job(claim, "completed", output={})
         try:
             await asyncio.wait_for(stop.wait(), ORIGINAL_POLL)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 

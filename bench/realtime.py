@@ -24,12 +24,12 @@ import time
 import grpc
 import ollama
 import websockets
-from vlmnode.v1 import inference_pb2 as pb
-from vlmnode.v1 import inference_pb2_grpc
 
 from bench.database import fresh_store, percentile
-from devpeers.ports import free_port, wait_port
 from devpeers.images import solid_jpeg
+from devpeers.ports import free_port, wait_port
+from vlmnode.v1 import inference_pb2 as pb
+from vlmnode.v1 import inference_pb2_grpc
 
 MODEL = "moondream:1.8b"
 PROMPT = "What do you see?"
@@ -119,7 +119,7 @@ async def node_beside_fake_ollama(store_url: str, streams: int, token_delay: flo
         subprocess.Popen([sys.executable, "-m", "server.bridge.main"], env=env),
     ]
     try:
-        for port, proc in zip((ollama_port, grpc_port, http_port), procs):
+        for port, proc in zip((ollama_port, grpc_port, http_port), procs, strict=True):
             await wait_port(port, proc)
         target, url = f"127.0.0.1:{grpc_port}", f"ws://127.0.0.1:{http_port}/api/v1/ws"
         yield {

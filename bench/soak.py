@@ -29,18 +29,19 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import grpc
 import websockets
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from bench.database import fresh_store, percentile
+from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_EMAIL, DEMO_PASSWORD
+from devpeers.images import solid_jpeg
 from devpeers.ports import free_port, wait_port
 from server.domain import DomainClient, images_only
 from server.job_status import FINAL
 from server.store import JobStore
-from devpeers.images import solid_jpeg
-from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_EMAIL, DEMO_PASSWORD
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 # A re-run after one of these is the queue taking a job back from a worker,
 # not a retry after the job's own failure.
@@ -353,7 +354,7 @@ async def analyse(store: JobStore, created: list[str]) -> JobFigures:
                 fig.runtime.append((finals[-1]["at"] - first_run).total_seconds())
         if len(runs) > 1:
             fig.multi_run += 1
-            for prev, cur in zip(runs, runs[1:]):
+            for prev, cur in pairwise(runs):
                 between = [e for e in history[prev + 1 : cur] if e.status == "pending"]
                 code = (between[-1]["error"] or {}).get("code") if between else None
                 if not between:
@@ -366,7 +367,7 @@ async def analyse(store: JobStore, created: list[str]) -> JobFigures:
                     fig.retry_codes[code or "?"] += 1
             # The job counts as retried for its own error only when every re-run followed one.
             causes = []
-            for prev, cur in zip(runs, runs[1:]):
+            for prev, cur in pairwise(runs):
                 between = [e for e in history[prev + 1 : cur] if e.status == "pending"]
                 causes.append((between[-1]["error"] or {}).get("code") if between else None)
             if all(c is not None and c not in HANDED_BACK for c in causes):
@@ -401,7 +402,7 @@ async def stream(url: str, frames: list[bytes], fps: float, stop_at: float, out:
             async with websockets.connect(url, max_size=2**22, open_timeout=20) as ws:
                 out.connections += 1
 
-                async def send() -> None:
+                async def send(sent: dict[str, float] = sent) -> None:  # this connection's
                     await ws.send(PROMPT)
                     n = 0
                     next_at = time.monotonic()
@@ -452,7 +453,7 @@ async def stream(url: str, frames: list[bytes], fps: float, stop_at: float, out:
                 out.closes[str(code)] += 1
         except websockets.ConnectionClosed as exc:
             out.closes[str(exc.rcvd.code if exc.rcvd else "no close frame")] += 1
-        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake) as exc:
+        except (TimeoutError, OSError, websockets.InvalidHandshake) as exc:
             out.connect_errors += 1
             out.error_messages[f"connect: {type(exc).__name__}: {exc}"[:100]] += 1
             await asyncio.sleep(1)

@@ -25,12 +25,12 @@ import uuid
 import ollama
 
 from bench.database import fresh_store
+from devpeers.fake_ollama import FakeOllama
+from devpeers.fake_posemesh import FakePosemesh
+from devpeers.images import solid_jpeg
 from server.config import Settings
 from server.peers import domain_client, ollama_engine
 from server.store import JobStore
-from devpeers.images import solid_jpeg
-from devpeers.fake_ollama import FakeOllama
-from devpeers.fake_posemesh import FakePosemesh
 from worker.pipelines import Peers
 from worker.runner import Worker
 

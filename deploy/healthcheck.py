@@ -13,6 +13,7 @@ import os
 import ssl
 import sys
 import urllib.request
+from itertools import pairwise
 from pathlib import Path
 
 TIMEOUT = 3.0  # seconds per check
@@ -26,7 +27,7 @@ def running_modules() -> set[str]:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        for flag, module in zip(args, args[1:]):
+        for flag, module in pairwise(args):
             if flag == b"-m":
                 modules.add(module.decode(errors="replace"))
     return modules

@@ -35,10 +35,11 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
 
 from PIL import Image
 from starlette.applications import Starlette
@@ -150,11 +151,11 @@ PALETTE = [
     ("purple", (128, 0, 128)), ("white", (255, 255, 255)), ("black", (0, 0, 0)),
     ("grey", (128, 128, 128)),
 ]
-COLOUR_RE = re.compile(r"\b(%s)\b" % "|".join(sorted({n for n, _ in PALETTE})), re.IGNORECASE)
+COLOUR_RE = re.compile(r"\b({})\b".format("|".join(sorted({n for n, _ in PALETTE}))), re.IGNORECASE)
 
 
 def _nearest_colour(rgb: tuple[int, ...]) -> str:
-    return min(PALETTE, key=lambda entry: sum((a - b) ** 2 for a, b in zip(rgb, entry[1])))[0]
+    return min(PALETTE, key=lambda entry: sum((a - b) ** 2 for a, b in zip(rgb, entry[1], strict=False)))[0]
 
 
 def describe_image(data: bytes) -> str:
@@ -520,7 +521,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _merged_answer(parts: list[dict]) -> dict:

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from devpeers.ports import free_port
 from devpeers.fake_ollama import FakeOllama
 from devpeers.fake_posemesh import DEMO_DOMAIN_ID, DEMO_PHOTO_INTERVAL, FakePosemesh, demo_images
+from devpeers.ports import free_port
 from devpeers.webhook_receiver import WebhookReceiver
 from server.config import Settings
 from server.retry import duration
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 DATA_DIR = os.path.join(Settings().data_dir, "demo")
 PROMPT = "When was the shelf being restocked with the green box?"

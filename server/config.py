@@ -12,8 +12,9 @@ one line naming it (`ConfigError`).
 
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from server.destinations import allowed_host, allowed_network
 from server.origins import allowed_origin

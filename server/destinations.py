@@ -32,7 +32,8 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from server.errors import BadInput, PeerRefused, PeerUnavailable

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import grpc
 
-
 MAX_SHOWN = 80  # characters of a caller's value that a message repeats
 
 

@@ -8,7 +8,6 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from vlmnode.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 from server import images
 from server.auth import BearerAuthInterceptor, Tokens
@@ -23,6 +22,7 @@ from server.peers import check_ollama, domain_client, ollama_engine
 from server.queue_gauges import QueueGauges
 from server.realtime import RealtimeLimits
 from server.store import JobStore
+from vlmnode.v1 import inference_pb2, inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ answers again."""
 import asyncio
 import contextlib
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health, health_pb2
 

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import ParamSpec, TypeVar
 
 from PIL import ExifTags, Image, ImageDraw
@@ -285,6 +285,6 @@ def _taken_at(image: Image.Image) -> datetime | None:
 def _exif_offset(raw: object) -> timezone:
     match = re.fullmatch(r"([+-])(\d\d):(\d\d)", raw.strip("\x00 ")) if isinstance(raw, str) else None
     if not match:
-        return timezone.utc
+        return UTC
     sign = 1 if match[1] == "+" else -1
     return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3])))

@@ -4,15 +4,14 @@ Session."""
 import asyncio
 import logging
 import uuid
-from typing import AsyncIterator
-
-from vlmnode.v1 import inference_pb2, inference_pb2_grpc
+from collections.abc import AsyncIterator
 
 from server import logs, metrics
 from server.engine import OllamaEngine
 from server.errors import BadInput, NodeError, TimedOut
 from server.grpc_errors import status_for, translate_errors
 from server.realtime import RealtimeLimits, Session, stream_settings
+from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
-
 from google.protobuf import json_format, struct_pb2
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server.destinations import Destinations
 from server.domain import DomainClient, images_only
@@ -20,6 +19,7 @@ from server.job_status import FINAL, Status, status_from_proto, status_to_proto
 from server.job_watcher import JobWatcher
 from server.jobs import Job, validate_input, validate_job, validate_job_type
 from server.store import JobStore, parse_job_id
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 log = logging.getLogger(__name__)
 

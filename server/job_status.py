@@ -5,9 +5,8 @@ the proto's names are these, as JOB_STATUS_<NAME>."""
 from enum import StrEnum
 from typing import cast
 
-from vlmnode.v1 import jobs_pb2
-
 from server.errors import BadInput
+from vlmnode.v1 import jobs_pb2
 
 
 class Status(StrEnum):

@@ -5,8 +5,8 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from server.background import BackgroundDuty
 from server.store import JOB_EVENTS_CHANNEL, JobStore

@@ -5,9 +5,10 @@ to read a job's input as it was validated."""
 import dataclasses
 import functools
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from server.destinations import Destinations
@@ -88,7 +89,7 @@ def validate_input(job_type: str, data: Any, *, destinations: Destinations | Non
     if webhook_url:
         try:
             parts = urlsplit(webhook_url)
-            parts.port  # raises for a port that is no number, or over 65535
+            _ = parts.port  # raises for a port that is no number, or over 65535
         except ValueError:  # e.g. "http://[oops/": no URL at all
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:

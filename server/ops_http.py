@@ -5,7 +5,7 @@ the gRPC server on METRICS_PORT (the bridge has both routes of its own)."""
 import asyncio
 import logging
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -12,22 +12,21 @@ as the original node did; only a client that sends nothing but bad frames
 
 import asyncio
 import collections
-import math
 import contextlib
+import math
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
-
-from vlmnode.v1 import inference_pb2
 
 from server import metrics
 from server.coalesce import coalesced
+from server.config import Settings
 from server.engine import Chunk, OllamaEngine
 from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, quoted, shown
 from server.grpc_errors import status_for
-from server.config import Settings
 from server.images import check_image, prepare, tile
 from server.model_info import MODEL_NAME, ModelInfo
+from vlmnode.v1 import inference_pb2
 
 NO_PROMPT = "No prompt received for image batch"
 MAX_FRAME_ID = 200  # characters
@@ -262,7 +261,7 @@ class Session:
             return_exceptions=True,
         )
         images, frame_ids = [], []
-        for frame, result in zip(batch, prepared):
+        for frame, result in zip(batch, prepared, strict=True):
             if isinstance(result, NodeError):
                 note = f"frame {shown(frame.id)} could not be read: {result.message}"
                 yield inference_pb2.InferResponse(notice=inference_pb2.Notice(message=note, frame_ids=[frame.id]))

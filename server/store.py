@@ -16,10 +16,11 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -72,7 +73,7 @@ TCP_OPTIONS: dict[str, Any] = {
 def _load_queries() -> dict[str, str]:
     text = resources.files("server").joinpath("sql/queries.sql").read_text()
     parts = re.split(r"^-- (\w+) --$", text, flags=re.M)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 QUERIES = _load_queries()

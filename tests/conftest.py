@@ -96,8 +96,8 @@ def posemesh():
     """A posemesh with one domain of six photos, one a minute, named as
     glasses apps name them so their time comes from the name, beside what
     real domains also hold: a sensor log, a manifest and a 200 MiB scan."""
-    from devpeers.images import solid_jpeg
     from devpeers.fake_posemesh import FakePosemesh
+    from devpeers.images import solid_jpeg
 
     with FakePosemesh() as server:
         server.add_domain(DOMAIN_ID)
@@ -154,6 +154,7 @@ async def node(settings):
 @pytest.fixture
 async def jobs(node):
     import grpc
+
     from vlmnode.v1 import jobs_pb2_grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{node.port}") as channel:

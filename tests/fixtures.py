@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from vlmnode.v1 import jobs_pb2
 
 from server.store import JobStore
+from vlmnode.v1 import jobs_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 15_000  # what a browser test waits for a page to show something
@@ -187,7 +187,7 @@ async def run_in_typescript_client(*command: str, env: dict[str, str] | None = N
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         process.kill()
         out, _ = await process.communicate()
         pytest.fail(f"{' '.join(command)} took over {timeout} s:\n{out.decode(errors='replace')}")

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from PIL import Image
-from vlmnode.v1 import inference_pb2 as pb
 
 from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
-from server.jobs import MAX_PROMPT_CHARS
 from server.config import Settings
+from server.jobs import MAX_PROMPT_CHARS
 from server.realtime import RealtimeLimits
+from vlmnode.v1 import inference_pb2 as pb
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ARTIFACT = ARTIFACTS / "property-counts.txt"

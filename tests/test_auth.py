@@ -12,15 +12,14 @@ import httpx
 import pytest
 import websockets
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vlmnode.v1 import inference_pb2 as pb
-from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
+from devpeers.images import solid_jpeg
 from server.auth import Tokens
 from server.bridge.auth import QUERY_TOKEN_REFUSED
 from server.grpc_server import NodeServer
-from tests.fixtures import running_bridge
-from devpeers.images import solid_jpeg
-from tests.fixtures import create_request
+from tests.fixtures import create_request, running_bridge
+from vlmnode.v1 import inference_pb2 as pb
+from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 TOKEN = "s3cr3t-token-for-tests"
 AUTH = [("authorization", f"Bearer {TOKEN}")]

@@ -10,8 +10,8 @@ from datetime import datetime
 import httpx
 import pytest
 
-from server.bridge import rest
 from devpeers.ports import free_port
+from server.bridge import rest
 from tests.fixtures import DOMAIN_ID, running_bridge, wait_for
 
 INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}

@@ -15,11 +15,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from devpeers.images import solid_jpeg
 from server.grpc_server import NodeServer
 from server.realtime import RealtimeLimits
-from tests.fixtures import running_bridge, wait_for
-from devpeers.images import solid_jpeg
-from tests.fixtures import TYPESCRIPT_CLIENT, run_in_typescript_client
+from tests.fixtures import TYPESCRIPT_CLIENT, run_in_typescript_client, running_bridge, wait_for
 
 NO_PROMPT = "No prompt received for image batch"
 MAX_BAD_FRAMES = RealtimeLimits.max_bad_frames
@@ -234,10 +233,10 @@ async def test_a_client_that_keeps_sending_bad_frames_is_closed(ws_url, fake_oll
     async with websockets.connect(ws_url) as ws:
         await ws.send("Describe")
         # A good frame between them starts the count again.
-        for n in range(1, MAX_BAD_FRAMES):
+        for _n in range(1, MAX_BAD_FRAMES):
             await ws.send(b"junk")
         await ws.send(solid_jpeg("red"))
-        for n in range(MAX_BAD_FRAMES):
+        for _n in range(MAX_BAD_FRAMES):
             await ws.send(b"junk")
         code, received = await closed_with(ws)
     refused = [json.loads(m) for m in received if isinstance(m, str)]

@@ -156,7 +156,7 @@ def test_the_readme_table_is_the_declarations():
     start = readme.index(MARKDOWN_HEAD[0])
     table = readme[start + len(MARKDOWN_HEAD):]
     table = table[:table.index("")]
-    for want, have in zip(markdown_rows(), table):
+    for want, have in zip(markdown_rows(), table, strict=False):
         assert have == want, f"README's row differs; run `python -m server.config --markdown`:\n{have}\n{want}"
     assert len(table) == len(markdown_rows()), "README's table has a row too many or too few"
 

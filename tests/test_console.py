@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vlmnode.v1 import inference_pb2 as pb
 
 from devpeers.images import solid_jpeg
 from server.auth import Tokens
@@ -27,6 +26,7 @@ from server.bridge import websocket
 from server.bridge.console import HEADERS, MEDIA_TYPES
 from server.grpc_server import NodeServer
 from tests.fixtures import DOMAIN_ID, INPUT, TIMEOUT_MS, running_bridge
+from vlmnode.v1 import inference_pb2 as pb
 
 try:
     from playwright.async_api import expect
@@ -535,7 +535,7 @@ async def test_the_websocket_protocol_module(chromium):
     binary = [
         list(json.dumps(websocket.ollama_object(last)).encode()),
         list(json.dumps(websocket.ollama_object(first)).encode()),
-        list('{"x": 1}'.encode()),
+        list(b'{"x": 1}'),
         [0xFF, 0xFE, 0x00],
     ]
     async with running_bridge("127.0.0.1:9") as base:

@@ -16,18 +16,17 @@ import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from server.health_monitor import HealthMonitor
+from devpeers.ports import free_port
+from devpeers.tcp_proxy import CuttableProxy
 from server import job_service
+from server.errors import DATABASE_UNAVAILABLE, DatabaseUnavailable
+from server.health_monitor import HealthMonitor
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
-from devpeers.ports import free_port
-from server.errors import DATABASE_UNAVAILABLE, DatabaseUnavailable
 from server.store import JOB_EVENTS_CHANNEL, JobStore
-from tests.fixtures import settings_env, start_worker, wait_for
-from devpeers.tcp_proxy import CuttableProxy
-from tests.fixtures import create_request, struct
+from tests.fixtures import create_request, settings_env, start_worker, struct, wait_for
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 BOUND = 5.0  # seconds: a generous bound on "at once", never a measured figure
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 import server.domain
+from devpeers.fake_posemesh import INVALID_DOMAIN_TOKEN, FakePosemesh, Generated
 from server.domain import (
     BATCH_SIZE,
     TOKEN_MARGIN,
@@ -28,7 +29,6 @@ from server.domain import (
     validate_query,
 )
 from server.errors import BadInput, PeerRefused, PeerUnavailable
-from devpeers.fake_posemesh import INVALID_DOMAIN_TOKEN, FakePosemesh, Generated
 
 EMAIL = "worker@example.com"
 PASSWORD = "correct horse"

@@ -8,13 +8,13 @@ import socket
 import ollama
 import pytest
 
+from devpeers.fake_ollama import FakeOllama
+from devpeers.images import solid_jpeg
 from server import metrics
 from server.engine import METRICS, OllamaEngine
 from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.retry import RetryStrategy
 from tests.fixtures import wait_for
-from devpeers.images import solid_jpeg
-from devpeers.fake_ollama import FakeOllama
 
 QUICK_RETRY = RetryStrategy(max_attempts=3, wait=0.01)
 VLM = "moondream:1.8b"

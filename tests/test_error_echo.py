@@ -11,11 +11,11 @@ import grpc
 import httpx
 import pytest
 from google.protobuf import struct_pb2
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from server.errors import MAX_MESSAGE_BYTES, MAX_SHOWN, listed, quoted, shown, short_message
 from devpeers.ports import free_port
+from server.errors import MAX_MESSAGE_BYTES, MAX_SHOWN, listed, quoted, short_message, shown
 from tests.fixtures import DOMAIN_ID, settings_env, wait_for
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 SHORT = 200  # characters a message about a caller's value may take
 

@@ -12,9 +12,9 @@ import httpx
 import ollama
 import pytest
 
-from tests.fixtures import wait_for
-from devpeers.images import solid_jpeg
 from devpeers.fake_ollama import MAX_QUEUE_MESSAGE, FakeOllama, count_tokens
+from devpeers.images import solid_jpeg
+from tests.fixtures import wait_for
 
 VLM = "moondream:1.8b"
 LLM = "llama3:latest"

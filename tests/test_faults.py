@@ -11,16 +11,23 @@ import uuid
 import grpc
 import psycopg
 import pytest
-from vlmnode.v1 import inference_pb2 as pb
-from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
+from devpeers.images import solid_jpeg
+from devpeers.ports import free_port
 from server.embedded_postgres import EmbeddedPostgres, with_database
 from server.store import JobStore
-from devpeers.ports import free_port
-from tests.fixtures import running_worker, settings_env, start_worker, wait_for
-from devpeers.images import solid_jpeg
-from tests.fixtures import INPUT, create_request, struct
-from tests.fixtures import wait_final
+from tests.fixtures import (
+    INPUT,
+    create_request,
+    running_worker,
+    settings_env,
+    start_worker,
+    struct,
+    wait_final,
+    wait_for,
+)
+from vlmnode.v1 import inference_pb2 as pb
+from vlmnode.v1 import inference_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 
 FAULTS = {
     # name: (how to break the peer, the job's error code, words in its message)

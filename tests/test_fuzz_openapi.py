@@ -18,12 +18,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 from server.auth import Tokens
 from server.grpc_server import NodeServer
-from tests.fixtures import running_bridge
-from tests.fixtures import create_request
+from tests.fixtures import create_request, running_bridge
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))  # per operation and phase
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"

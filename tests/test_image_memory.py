@@ -10,13 +10,13 @@ import sys
 import zlib
 
 import grpc
-from vlmnode.v1 import inference_pb2 as pb
-from vlmnode.v1 import inference_pb2_grpc
 
+from devpeers.ports import free_port
 from server.images import MAX_PIXELS
 from server.realtime import RealtimeLimits
-from devpeers.ports import free_port
 from tests.fixtures import settings_env
+from vlmnode.v1 import inference_pb2 as pb
+from vlmnode.v1 import inference_pb2_grpc
 
 STREAMS = 10
 FRAMES = 5  # a stream's batch

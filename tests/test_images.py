@@ -6,16 +6,16 @@ import io
 import os
 import struct
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from PIL import Image
 
+from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
 from server import images
 from server.errors import BadInput
 from server.images import MAX_PIXELS, PreparedImage, check_image, prepare_image
 from tests.fixtures import wait_for
-from devpeers.images import png_header_only, solid_jpeg, solid_png, two_tone_jpeg
 
 
 def decode(prepared: PreparedImage) -> Image.Image:
@@ -26,7 +26,7 @@ def decode(prepared: PreparedImage) -> Image.Image:
 
 
 def near(pixel, color, tolerance=40) -> bool:
-    return all(abs(a - b) <= tolerance for a, b in zip(pixel, color))
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, color, strict=False))
 
 
 def test_small_jpeg_keeps_its_size_and_colour():
@@ -71,7 +71,7 @@ def test_other_modes_become_rgb(mode, color):
 
 def test_exif_datetime_original_is_read_as_utc():
     prepared = prepare_image(solid_jpeg("red", exif_datetime="2024:03:05 14:30:00"))
-    assert prepared.taken_at == datetime(2024, 3, 5, 14, 30, tzinfo=timezone.utc)
+    assert prepared.taken_at == datetime(2024, 3, 5, 14, 30, tzinfo=UTC)
     assert prepared.taken_at.tzinfo is not None
 
 
@@ -86,7 +86,7 @@ def test_exif_offset_is_honoured():
     Image.new("RGB", (8, 8), "red").save(out, "JPEG", exif=exif)
     taken = prepare_image(out.getvalue()).taken_at
     assert taken.utcoffset() == timedelta(hours=2)
-    assert taken == datetime(2024, 3, 5, 12, 30, tzinfo=timezone.utc)
+    assert taken == datetime(2024, 3, 5, 12, 30, tzinfo=UTC)
 
 
 def test_malformed_exif_datetime_is_ignored():

@@ -7,12 +7,12 @@ import dataclasses
 import grpc
 import pytest
 from google.protobuf import text_format
-from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
+from devpeers.images import solid_jpeg
 from server.grpc_server import NodeServer
 from server.realtime import NO_PROMPT, TILED, RealtimeLimits
 from tests.fixtures import wait_for
-from devpeers.images import solid_jpeg
+from vlmnode.v1 import inference_pb2, inference_pb2_grpc
 
 pb = inference_pb2
 MAX_BAD_FRAMES = RealtimeLimits.max_bad_frames

@@ -4,9 +4,9 @@ import uuid
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vlmnode.v1 import jobs_pb2
 
 from tests.fixtures import DOMAIN_ID, INPUT, create_request, expect_error, struct
+from vlmnode.v1 import jobs_pb2
 
 
 async def test_create_get_list(jobs):

@@ -15,13 +15,12 @@ import grpc
 import httpx
 import pytest
 import websockets
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from server import logs
-from devpeers.ports import free_port
-from tests.fixtures import settings_env, wait_for
 from devpeers.images import solid_jpeg
-from tests.fixtures import create_request, struct
+from devpeers.ports import free_port
+from server import logs
+from tests.fixtures import create_request, settings_env, struct, wait_for
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 TOKEN = "tok-5b2e7c91d4a8f6e0"
 WRONG = "wrong-9f3a1c77e2b4"

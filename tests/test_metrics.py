@@ -7,14 +7,12 @@ import sys
 import grpc
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from devpeers.images import solid_jpeg
+from devpeers.ports import free_port
+from tests.fixtures import INPUT, create_request, running_bridge, settings_env, struct, wait_final, wait_for
 from vlmnode.v1 import inference_pb2 as pb
 from vlmnode.v1 import inference_pb2_grpc
-
-from devpeers.ports import free_port
-from tests.fixtures import running_bridge, settings_env, wait_for
-from devpeers.images import solid_jpeg
-from tests.fixtures import INPUT, create_request, struct
-from tests.fixtures import wait_final
 
 
 async def scrape(url: str) -> dict[tuple, float]:

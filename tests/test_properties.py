@@ -22,13 +22,13 @@ import string
 import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from itertools import pairwise
 
 import httpx
 import pytest
 from hypothesis import event, example, given, note
 from hypothesis import strategies as st
 from PIL import Image
-from vlmnode.v1 import inference_pb2 as pb
 
 from server import images
 from server.domain import DomainClient, DomainQuery, validate_domain_id, validate_query
@@ -50,6 +50,7 @@ from tests.property_support import (
     uuid_like,
     uuids,
 )
+from vlmnode.v1 import inference_pb2 as pb
 
 keep_hypothesis_files_in_artifacts()
 
@@ -408,7 +409,7 @@ def splits(draw, body: bytes) -> list[bytes]:
         return [body[i : i + size] for i in range(0, len(body), size)]
     cuts = sorted(set(draw(st.lists(st.integers(0, len(body)), max_size=20))))
     bounds = [0, *cuts, len(body)]
-    return [body[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [body[a:b] for a, b in pairwise(bounds)]
 
 
 def multipart_response(boundary: bytes, chunks: list[bytes], quote_boundary: bool) -> httpx.Response:
@@ -430,7 +431,7 @@ async def test_multipart_round_trip(posemesh, data):
     assert [(i.id, i.name, i.data_type, i.size, i.data) for i in got] == [
         (s["id"], s["name"], s["data_type"], len(s["data"]), s["data"]) for s in sent
     ]
-    for item, s in zip(got, sent):
+    for item, s in zip(got, sent, strict=False):
         assert item.domain_id == (s["domain_id"] or DOMAIN)
         assert item.created_at == s["created_at"] and item.created_at.tzinfo is not None
         assert item.updated_at == s["updated_at"]

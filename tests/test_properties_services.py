@@ -31,20 +31,18 @@ import pytest
 import websockets
 from hypothesis import event, example, given, note
 from hypothesis import strategies as st
-from vlmnode.v1 import inference_pb2 as pb
-from vlmnode.v1 import inference_pb2_grpc
 from websockets.exceptions import ConnectionClosed
 
+from devpeers.images import solid_jpeg, solid_png
 from server.bridge.main import WS_OVERHEAD
-from server.bridge.websocket import error_message
 from server.bridge.rest import MAX_BODY
+from server.bridge.websocket import error_message
 from server.config import Settings
 from server.errors import BadInput
 from server.grpc_server import MESSAGE_OVERHEAD, NodeServer
 from server.images import check_image
 from server.realtime import NO_PROMPT, RealtimeLimits, stream_settings
 from tests.fixtures import DOMAIN_ID, running_bridge
-from devpeers.images import solid_jpeg, solid_png
 from tests.property_support import (
     Counts,
     bounded,
@@ -59,6 +57,8 @@ from tests.property_support import (
     stream_configs,
     uuid_like,
 )
+from vlmnode.v1 import inference_pb2 as pb
+from vlmnode.v1 import inference_pb2_grpc
 
 keep_hypothesis_files_in_artifacts()
 
@@ -506,7 +506,7 @@ async def test_websocket(ws_url, num_predict, answer_format, messages):
             while True:
                 try:
                     received.append(await asyncio.wait_for(ws.recv(), 0.4 if expected is None else STEP))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     assert expected is None, f"no close within {STEP} s; expected {expected}"
                     break
         except ConnectionClosed as exc:

@@ -14,14 +14,13 @@ import socket
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import pytest
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-from tests.fixtures import DOMAIN_ID
 from devpeers.images import solid_jpeg
+from tests.fixtures import DOMAIN_ID
 from vlmnode import (
     AnswerChunk,
     AsyncClient,
@@ -29,11 +28,12 @@ from vlmnode import (
     Frame,
     InvalidArgumentError,
     Job,
-    Notice,
     NotFoundError,
+    Notice,
     UnavailableError,
     VlmNodeError,
 )
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
 TIMING_INPUT = {"prompt": "When was the red box on the shelf?", "vlm_prompt": "Describe the image", "webhook_url": ""}
 COLOURS = ["red", "blue", "green", "yellow"]
@@ -114,7 +114,7 @@ async def test_create_get_list_cancel_retry(client):
     assert isinstance(job, Job) and job.status == "pending" and not job.finished
     assert job.input == TIMING_INPUT and job.query == {"ids": []} and job.max_attempts == 100
     assert uuid.UUID(job.idempotency_key)  # every create carries a key, a new one unless given
-    assert isinstance(job.created_at, datetime) and job.created_at.tzinfo == timezone.utc
+    assert isinstance(job.created_at, datetime) and job.created_at.tzinfo == UTC
     assert await client.get_job(job.id) == job
 
     other = await client.create_job("vlm_only", DOMAIN_ID, input={"vlm_prompt": "hi"}, priority=3)
@@ -203,7 +203,7 @@ async def test_infer_from_a_camera(client, fake_ollama):
     assert all(len(text.split()) == 3 for text, _ in got)
     assert {r["model"] for r in fake_ollama.requests if r["images"]} == {"moondream:1.8b"}
 
-    stamped = Frame(solid_jpeg("red"), id="cam-7", captured_at=datetime(2025, 8, 10, 16, 40, tzinfo=timezone.utc))
+    stamped = Frame(solid_jpeg("red"), id="cam-7", captured_at=datetime(2025, 8, 10, 16, 40, tzinfo=UTC))
     [(text, last)] = await answers(client.infer([stamped], "What colour?", batch_size=1))
     assert last.frame_ids == ["cam-7"] and text == "a 64x48 image, mostly red"
 
@@ -434,7 +434,7 @@ async def test_cli_errors(target, closed_port, tmp_path):
         (["jobs"], 2, "the following arguments are required"),
     ]
     results = await asyncio.gather(*(vlmnode(*args) for args, _, _ in cases))
-    for (args, want_code, want_err), (code, out, err) in zip(cases, results):
+    for (args, want_code, want_err), (code, _out, err) in zip(cases, results, strict=True):
         assert code == want_code, (args, code, err)
         assert want_err in err, (args, err)
         if not err.startswith("usage:"):  # argparse's errors come with the usage

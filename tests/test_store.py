@@ -6,12 +6,12 @@ import uuid
 from importlib import resources
 
 import pytest
-from vlmnode.v1 import jobs_pb2
 
 from server import store as store_module
 from server.errors import BadInput, Conflict, DatabaseFault, NotFound
 from server.job_status import FINAL, HELD, Status, status_from_proto, status_to_proto
-from server.store import JOBS_READY_CHANNEL, JOB_EVENTS_CHANNEL, QUERIES, JobStore
+from server.store import JOB_EVENTS_CHANNEL, JOBS_READY_CHANNEL, QUERIES, JobStore
+from vlmnode.v1 import jobs_pb2
 
 TYPES = ["task_timing_v1", "vlm_only"]
 

@@ -4,21 +4,21 @@ truncation, schemas honoured only as far as a grammar enforces them."""
 
 import dataclasses
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import ollama
 import pytest
 
+from devpeers.fake_ollama import FakeOllama
 from server.engine import OllamaEngine
 from server.errors import PeerUnavailable
 from server.store import Caption
-from devpeers.fake_ollama import FakeOllama
 from worker.captions import Row
 from worker.task_timing import decide, parse, schema, task_output
 
 LLM = "llama3:latest"
 TASK = "When did the restocking of the red shelf start and end?"
-T0 = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
 
 
 def rows_of(colours: list[str], *, words: int = 0) -> list[Row]:

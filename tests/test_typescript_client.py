@@ -5,7 +5,6 @@ jobs (worker) and answers as the fake Ollama."""
 import dataclasses
 import shutil
 
-
 from server.grpc_server import NodeServer
 from tests.fixtures import DOMAIN_ID, TYPESCRIPT_CLIENT, run_in_typescript_client
 

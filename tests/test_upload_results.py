@@ -5,12 +5,9 @@ import asyncio
 import json
 import uuid
 
-from vlmnode.v1 import jobs_pb2
-
-from tests.fixtures import DOMAIN_ID
 from devpeers.fake_posemesh import INVALID_DOMAIN_TOKEN
-from tests.fixtures import INPUT, create_request, struct
-from tests.fixtures import as_dict, vlm_requests, wait_final
+from tests.fixtures import DOMAIN_ID, INPUT, as_dict, create_request, struct, vlm_requests, wait_final
+from vlmnode.v1 import jobs_pb2
 from worker.upload import RESULT_DATA_TYPE
 
 UPLOAD = {**INPUT, "upload_results": True}

@@ -18,16 +18,14 @@ import types
 import grpc
 import httpx
 import pytest
-from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
+from devpeers.webhook_receiver import WebhookReceiver
 from server.destinations import Destinations
 from server.errors import BadInput, PeerRefused, PeerUnavailable
 from server.grpc_server import NodeServer
 from server.retry import RetryStrategy
-from tests.fixtures import running_bridge, running_worker
-from devpeers.webhook_receiver import WebhookReceiver
-from tests.fixtures import INPUT, create_request, struct
-from tests.fixtures import wait_final
+from tests.fixtures import INPUT, create_request, running_bridge, running_worker, struct, wait_final
+from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 from worker.webhook import deliver, encode_body, sign
 
 FAST = RetryStrategy(max_attempts=4, wait=0.01, max_wait=0.05, jitter=0.0)

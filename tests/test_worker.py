@@ -7,13 +7,21 @@ import hashlib
 import hmac
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from vlmnode.v1 import jobs_pb2
-
-from tests.fixtures import COLOURS, DOMAIN_ID, as_dict, running_worker, vlm_requests, wait_final
 from devpeers.images import solid_jpeg
-from tests.fixtures import INPUT, create_request, struct
+from tests.fixtures import (
+    COLOURS,
+    DOMAIN_ID,
+    INPUT,
+    as_dict,
+    create_request,
+    running_worker,
+    struct,
+    vlm_requests,
+    wait_final,
+)
+from vlmnode.v1 import jobs_pb2
 
 
 async def test_task_timing_finds_start_and_end(jobs, worker, webhook, posemesh, fake_ollama):
@@ -216,8 +224,8 @@ async def test_a_retry_with_a_new_vlm_prompt_captions_again(jobs, worker, fake_o
 
 
 async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings, jobs, posemesh):
-    from tests.fixtures import running_worker
     from devpeers.fake_ollama import FakeOllama
+    from tests.fixtures import running_worker
 
     with FakeOllama(["llama3:latest"]) as ollama:  # the VLM is not there yet
         job = (await jobs.CreateJob(create_request())).job
@@ -229,8 +237,8 @@ async def test_a_missing_vlm_is_pulled_for_the_job_as_the_original_did(settings,
 
 
 async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings, jobs, posemesh):
-    from tests.fixtures import running_worker
     from devpeers.fake_ollama import FakeOllama
+    from tests.fixtures import running_worker
 
     with FakeOllama(["llama3:latest"], pullable=set()) as ollama:
         job = (await jobs.CreateJob(create_request())).job
@@ -242,8 +250,8 @@ async def test_a_model_the_registry_does_not_have_fails_the_job_clearly(settings
 
 async def test_a_long_job_overflowing_the_llm_context_still_finds_its_task(settings, jobs, posemesh, fake_ollama):
     """300 photos, a red stretch in the middle, an LLM context of 4096 tokens."""
-    from tests.fixtures import running_worker
     from devpeers.images import solid_jpeg
+    from tests.fixtures import running_worker
 
     domain = posemesh.add_domain("5d1e9a52-3c1c-4b7e-9a51-7f4c2b1e0a11")
     ids = []
@@ -325,7 +333,7 @@ async def test_a_job_making_progress_between_failures_is_not_failed_by_the_budge
     from server.errors import PeerUnavailable
     from server.store import Caption
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def flapping(progress: bool):
         async def pipeline(ctx, peers, data):

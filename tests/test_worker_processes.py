@@ -7,12 +7,9 @@ import subprocess
 import sys
 import uuid
 
-from vlmnode.v1 import jobs_pb2
-
 from server.store import JobStore
-from tests.fixtures import settings_env, start_worker, wait_for
-from tests.fixtures import INPUT, create_request, struct
-from tests.fixtures import wait_final
+from tests.fixtures import INPUT, create_request, settings_env, start_worker, struct, wait_final, wait_for
+from vlmnode.v1 import jobs_pb2
 from worker.captions import recipe
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from typing import TYPE_CHECKING, Protocol
 
 from server.domain import DataItem, capture_time, is_image, name_stamp, validate_query
@@ -52,7 +52,7 @@ class Row:
 
     @property
     def timestamp(self) -> str:
-        return self.caption.taken_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+        return self.caption.taken_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     @property
     def original_timestamp(self) -> str:

@@ -5,8 +5,9 @@ job through its stages with `ctx.advance`, and returns the job's output or
 raises a NodeError saying why not.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from server.config import Settings
 from server.domain import DomainClient

@@ -11,13 +11,12 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from server import logs
-from server import metrics
+from server import logs, metrics
 from server.destinations import Destinations
 from server.errors import BadInput, NodeError
 from server.job_status import Status
@@ -178,7 +177,7 @@ class Worker:
             log.warning("worker %s cannot claim: %s", self.id, exc)
             await asyncio.sleep(DB_ERROR_PAUSE)
             return []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for claim in claims:
             wait = (now - max(claim.job.queued_at, claim.job.run_after)).total_seconds()
             metrics.PICKUP.observe(max(wait, 0.0))
@@ -191,7 +190,7 @@ class Worker:
         try:
             due = await self.store.next_run_after(self.job_types)
             if due is not None:
-                timeout = min(timeout, max((due - datetime.now(timezone.utc)).total_seconds(), 0.01))
+                timeout = min(timeout, max((due - datetime.now(UTC)).total_seconds(), 0.01))
         except NodeError:  # the store's; polling goes on as if no job were due
             pass
         with contextlib.suppress(TimeoutError):
@@ -303,7 +302,7 @@ class Worker:
             # attempt made progress (end_failing_streak has said so).
             since = None if progressed else claim.job.failing_since
             failures = (0 if progressed else claim.job.failures) + 1
-            failing_for = max((datetime.now(timezone.utc) - since).total_seconds(), 0.0) if since else 0.0
+            failing_for = max((datetime.now(UTC) - since).total_seconds(), 0.0) if since else 0.0
             retry = dataclasses.replace(self.retry, max_attempts=claim.job.max_attempts)
             if retry.should_retry(claim.attempt, failing_for):
                 delay = retry.delay(failures)

@@ -50,11 +50,10 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
-
-import logging
 
 import httpx
 

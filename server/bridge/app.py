@@ -14,13 +14,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.types import ExceptionHandler
-from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 from server.auth import Tokens
 from server.bridge import console, health, openapi, rest, websocket
 from server.bridge.auth import CheckOrigin, Origins, RequireToken
 from server.bridge.errors import grpc_error_handler, http_error_handler
 from server.nosniff import NoSniff
+from vlmnode.v1 import inference_pb2_grpc, jobs_pb2_grpc
 
 MAX_GRPC_MESSAGE = 16 * 1024 * 1024
 

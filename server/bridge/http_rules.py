@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from google.api import annotations_pb2
 from google.protobuf.descriptor import ServiceDescriptor
+
 from vlmnode.v1 import jobs_pb2
 
 SEGMENT_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")

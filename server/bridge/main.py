@@ -9,9 +9,9 @@ from pathlib import Path
 
 import uvicorn
 
+from server import logs
 from server.bridge.connections import EdgeH11Protocol
 from server.bridge.ws_connections import EdgeWebSocketProtocol
-from server import logs
 from server.config import Settings, load
 
 log = logging.getLogger("server.bridge.main")  # also when run as __main__

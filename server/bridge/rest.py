@@ -35,14 +35,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
-from vlmnode.v1 import jobs_pb2
 
 from server.bridge import http_rules
+from server.bridge.auth import caller_metadata
+from server.bridge.errors import error_response
 from server.domain import validate_domain_id, validate_query
 from server.errors import BadInput, original_error, shown
 from server.job_status import FINAL, Status, status_to_proto
-from server.bridge.auth import caller_metadata
-from server.bridge.errors import error_response
+from vlmnode.v1 import jobs_pb2
 
 if TYPE_CHECKING:
     from vlmnode.v1.jobs_pb2_grpc import JobServiceAsyncStub

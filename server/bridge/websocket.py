@@ -34,11 +34,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from vlmnode.v1 import inference_pb2 as pb
 
 from server import metrics
 from server.bridge.auth import caller_metadata
 from server.errors import quoted
+from vlmnode.v1 import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
 InferCall: TypeAlias = grpc.aio.StreamStreamCall[pb.InferRequest, pb.InferResponse]  # one Infer, relayed

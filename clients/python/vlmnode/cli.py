@@ -103,7 +103,7 @@ def _print_table(jobs: Sequence[Job]) -> None:
     rows += [(j.id, j.status, j.job_type, _time(j), f"{j.attempts}/{j.max_attempts}") for j in jobs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
 
 
 # Reading options.
