@@ -16,6 +16,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from devpeers.images import solid_jpeg
+from devpeers.ports import free_port
 from server.grpc_server import NodeServer
 from server.realtime import RealtimeLimits
 from tests.fixtures import TYPESCRIPT_CLIENT, run_in_typescript_client, running_bridge, wait_for
@@ -380,3 +381,16 @@ async def test_the_only_subprotocol_picked_is_vlmnode(ws_url):
     for offered, picked in ((["vlmnode"], "vlmnode"), (["other", "vlmnode"], "vlmnode"), (["other"], None)):
         async with websockets.connect(ws_url, subprotocols=offered) as ws:
             assert ws.subprotocol == picked, offered
+
+
+async def test_a_node_out_of_reach_is_said_before_closing():
+    """A bridge whose gRPC server is not listening says so, as REST's 503
+    does, and closes as for any peer away (1013, try again later)."""
+    async with running_bridge(f"127.0.0.1:{free_port()}") as base:
+        async with websockets.connect(base.replace("http://", "ws://") + "/api/v1/ws") as ws:
+            with contextlib.suppress(ConnectionClosed):  # the bridge may close before it reads these
+                await ws.send("Describe")
+                await ws.send(solid_jpeg("red"))
+            code, received = await closed_with(ws)
+    assert received == [json.dumps({"error": "the node's gRPC server is not reachable", "done": True})]
+    assert code == 1013

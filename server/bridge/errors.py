@@ -22,12 +22,18 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def grpc_error_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+def rpc_error_message(exc: grpc.aio.AioRpcError) -> str:
+    """What a failed call says to the bridge's client: the node's message, or,
+    when the node could not be reached at all, that (not gRPC's own words)."""
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "").lower():
-        return error_response(503, "the node's gRPC server is not reachable")
+        return "the node's gRPC server is not reachable"
     # Cut here too: the node behind may be an older one that echoes without bound.
-    return error_response(HTTP_STATUS.get(code, 500), short_message(exc.details() or code.name.lower()))
+    return short_message(exc.details() or code.name.lower())
+
+
+async def grpc_error_handler(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+    return error_response(HTTP_STATUS.get(exc.code(), 500), rpc_error_message(exc))
 
 
 async def http_error_handler(request: Request, exc: HTTPException) -> JSONResponse:

@@ -37,6 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server import metrics
 from server.bridge.auth import caller_metadata
+from server.bridge.errors import rpc_error_message
 from server.errors import quoted
 from vlmnode.v1 import inference_pb2 as pb
 
@@ -171,10 +172,12 @@ async def realtime(websocket: WebSocket) -> None:
         return
     metrics.WEBSOCKETS.inc()
     call = websocket.app.state.inference.Infer(metadata=caller_metadata())
-    await call.write(pb.InferRequest(config=pb.StreamConfig(num_predict=num_predict)))
-    inbound = asyncio.create_task(_client_to_node(websocket, call))
-    outbound = asyncio.create_task(_node_to_client(websocket, call, answer_format))
+    inbound = outbound = None
     try:
+        # The first write is where a node out of reach shows: said like any other end.
+        await call.write(pb.InferRequest(config=pb.StreamConfig(num_predict=num_predict)))
+        inbound = asyncio.create_task(_client_to_node(websocket, call))
+        outbound = asyncio.create_task(_node_to_client(websocket, call, answer_format))
         done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
@@ -182,15 +185,16 @@ async def realtime(websocket: WebSocket) -> None:
             await outbound
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.CANCELLED:
-            await _close(websocket, CLOSE_CODES.get(exc.code(), 1011), exc.details() or exc.code().name)
+            await _close(websocket, CLOSE_CODES.get(exc.code(), 1011), rpc_error_message(exc))
     except (WebSocketDisconnect, asyncio.CancelledError):
         pass
     finally:
         metrics.WEBSOCKETS.dec()
         call.cancel()
-        for task in (inbound, outbound):
+        tasks = [task for task in (inbound, outbound) if task is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(inbound, outbound, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def upgrade_required(request: Request) -> JSONResponse:
