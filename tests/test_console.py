@@ -733,3 +733,22 @@ async def test_the_job_stream_module(chromium, node):
                 str(uuid.uuid4()),
             )
             assert refused == [["error", "live updates stopped: the bridge refused the event stream"]]
+
+
+async def test_the_statuses_module_names_the_nodes_statuses(chromium):
+    """statuses.js holds the page's copy of the statuses and job types (a
+    page cannot import Python): it must say what server/job_status.py and
+    server/jobs.py say, the final and held ones included."""
+    from server.job_status import FINAL, HELD, Status
+    from server.jobs import JOB_TYPES
+
+    async with running_bridge("127.0.0.1:9") as base:
+        async with console_modules(chromium, base) as run:
+            page = await run(
+                "statuses.js",
+                "return { statuses: m.STATUSES, types: m.JOB_TYPES, final: [...m.FINAL], active: [...m.ACTIVE] };",
+            )
+    assert page["statuses"] == [str(status) for status in Status]
+    assert page["types"] == list(JOB_TYPES)
+    assert set(page["final"]) == {str(status) for status in FINAL}
+    assert set(page["active"]) == {str(status) for status in HELD}

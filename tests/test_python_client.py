@@ -109,6 +109,14 @@ async def answers(stream) -> list[tuple[str, AnswerChunk]]:
 # The async client: jobs.
 
 
+def test_the_clients_final_statuses_are_the_nodes():
+    """The client package cannot import the node's: its copy is checked here."""
+    from server.job_status import FINAL
+    from vlmnode._types import FINAL_STATUSES
+
+    assert FINAL_STATUSES == {str(status) for status in FINAL}
+
+
 async def test_create_get_list_cancel_retry(client):
     job = await client.create_job("task_timing_v1", DOMAIN_ID, input=TIMING_INPUT)
     assert isinstance(job, Job) and job.status == "pending" and not job.finished
