@@ -34,14 +34,15 @@ from typing import ParamSpec, TypeVar
 
 from PIL import ExifTags, Image, ImageDraw
 
+from server.config import Settings
 from server.errors import BadInput
 
-MAX_SIDE = 1024  # pixels, longest side sent to the model
+# What a caller that gives none takes: the settings' defaults (IMAGE_MAX_SIDE,
+# the longest side sent to the model; IMAGE_MAX_PIXELS, width x height of the
+# decoded input, whose decode at 16.8 Mpx takes 50 MB (RGB) to 67 MB (RGBA)).
+MAX_SIDE = Settings.image_max_side
+MAX_PIXELS = Settings.image_max_pixels
 MAX_BYTES = 20 * 1024 * 1024  # bytes of encoded input
-# width * height of the decoded input: 4096x4096, 16.8 Mpx. Glasses send at most
-# about 5 Mpx and phones 12 Mpx (4032x3024), so this leaves room for both; a
-# decode at the limit takes 50 MB (RGB) to 67 MB (RGBA).
-MAX_PIXELS = 4096 * 4096
 JPEG_QUALITY = 85
 EXIF_DATETIME_FORMAT = "%Y:%m:%d %H:%M:%S"
 

@@ -186,10 +186,3 @@ def test_deployment_files_repeat_only_the_node_defaults():
     defaults = Settings()
     for where, name, value in stated:
         assert Settings.from_env({name: value}) == defaults, f"{where}: {name}={value} is not the node's default"
-
-
-def test_the_image_module_defaults_are_the_settings_defaults():
-    # server/images.py's functions take these when a caller gives none (its tests do).
-    from server import images
-
-    assert (images.MAX_SIDE, images.MAX_PIXELS) == (Settings.image_max_side, Settings.image_max_pixels)
