@@ -19,6 +19,11 @@ So, as a protocol class given to uvicorn (`http=`):
   sent no byte yet, or waits idle between requests) is closed to make room,
   as nginx reuses such connections when it runs out; when every one is busy,
   the new connection is closed at once.
+
+uvicorn has no public hook for any of these, so this subclass leans on its
+H11Protocol's own members (`_should_upgrade`, `connections`, `tasks`,
+`conn`): the one place the node reaches inside a library. uvicorn is pinned
+(pyproject.toml), and tests/test_bridge_connections.py fails when they move.
 """
 
 import asyncio
