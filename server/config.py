@@ -301,8 +301,10 @@ class Settings:
     webhook_allow_hosts: str = entries(
         "", "Host names (`*.suffix` for all under one) a webhook may reach whatever their addresses", allowed_host
     )
-    log_level: str = _setting("INFO", "The least severe log lines written", _read_level, accepted="`DEBUG`, `INFO`, `WARNING` or "
-                              "`ERROR`", choices=LOG_LEVELS)
+    log_level: str = _setting(
+        "INFO", "The least severe log lines written", _read_level,
+        accepted="`DEBUG`, `INFO`, `WARNING` or `ERROR`", choices=LOG_LEVELS,
+    )
 
     @property
     def caption_concurrency(self) -> int:
