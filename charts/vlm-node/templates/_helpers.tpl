@@ -117,6 +117,26 @@ stored (so upgrades keep it), else a new random one. */}}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key" }}
 {{- end }}
+{{- $as := .Values.worker.autoscaling }}
+{{- if and $as.enabled (eq $as.mode "prometheus") (lt (int $as.minReplicas) 1) }}
+{{- fail "worker.autoscaling.mode=prometheus needs minReplicas >= 1: a HorizontalPodAutoscaler does not scale to zero (mode keda does)" }}
+{{- end }}
+{{- if and $as.enabled (gt (int $as.minReplicas) (int $as.maxReplicas)) }}
+{{- fail "worker.autoscaling: minReplicas is above maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/* Worker autoscaling. The jobs wanting a worker: due pending ones and
+those a worker holds (server/job_status.py HELD); tests/test_deploy.py checks
+this counts what the node's own queries count. */}}
+{{- define "vlm-node.worker.demandQuery" -}}
+SELECT count(*) FROM jobs WHERE (status = 'pending' AND run_after <= now()) OR status IN ('running', 'completing', 'uploading', 'cancelling')
+{{- end }}
+
+{{/* Jobs one worker takes on: the value, else WORKER_JOBS, else the node's
+default (1, checked against server/config.py by tests/test_deploy.py). */}}
+{{- define "vlm-node.worker.jobsPerReplica" -}}
+{{- .Values.worker.autoscaling.jobsPerReplica | default .Values.env.WORKER_JOBS | default 1 }}
 {{- end }}
 
 {{/* Bearer tokens and TLS: the files the gRPC server and the bridge read. */}}
