@@ -1,9 +1,10 @@
 """The deployment files pass scripts/check-deploy.sh (hadolint, docker-compose
 config, helm lint and template, kubernetes-validate), and what they render
 keeps the contract: the README's Helm install makes the posemesh Secret, the
-probes ask the real endpoints (also with TLS on), workers scale and answer
-/health, bearer tokens come from a mounted Secret, metrics are scrapeable,
-and every variable is one the node reads."""
+probes ask the real endpoints (also with TLS on), workers scale (on the jobs
+wanting a worker, counted as the node counts them) and answer /health,
+bearer tokens come from a mounted Secret, metrics are scrapeable, and every
+variable is one the node reads."""
 
 import base64
 import dataclasses
@@ -13,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from server.config import Settings
+from server.job_status import HELD, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_MISSING = 3  # check-deploy.sh's exit status when it cannot install a tool
@@ -141,9 +144,9 @@ def test_workers_scale(check):
             assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("metrics", 8081)], name
             assert not any("hostPort" in p for p in c["ports"]), f"{name}: a worker takes no host port, so it scales"
     full = render(check, "helm-full")
-    assert "replicas" not in find(full, "Deployment", "-worker")["spec"], "the HPA owns replicas"
-    hpa = find(full, "HorizontalPodAutoscaler", "-worker")
-    assert hpa["spec"]["scaleTargetRef"]["name"].endswith("-worker")
+    assert "replicas" not in find(full, "Deployment", "-worker")["spec"], "the autoscaler owns replicas"
+    scaler = find(full, "ScaledObject", "-worker")
+    assert scaler["spec"]["scaleTargetRef"]["name"].endswith("-worker")
     ollama = containers(find(full, "Deployment", "-ollama"))["ollama"]
     assert ollama["resources"]["limits"]["nvidia.com/gpu"] == 1
     ingress = find(full, "Ingress")
@@ -334,3 +337,84 @@ def test_ollama_and_the_node_agree_on_its_slots(check):
         assert compose[service]["image"] == "ollama/ollama:0.32.15"
     for service in ("server", "worker"):  # the node's processes read it from .env
         assert compose[service]["environment"]["OLLAMA_NUM_PARALLEL"] == dotenv["OLLAMA_NUM_PARALLEL"]
+
+
+def scaled(check: Check, name: str) -> tuple[dict, dict]:
+    """The worker's ScaledObject and the TriggerAuthentication its trigger names."""
+    docs = render(check, name)
+    scaler = find(docs, "ScaledObject", "-worker")
+    [trigger] = scaler["spec"]["triggers"]
+    auth = find(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    return scaler, auth
+
+
+def test_workers_scale_on_the_queue_not_on_cpu(check):
+    assert not [d for d in render(check, "helm-default") if "autoscaling" in d["apiVersion"] or d["apiVersion"].startswith("keda.sh/")], \
+        "off by default: worker.replicas workers"
+    for name in ("helm-full", "helm-secure", "helm-autoscale-keda", "helm-autoscale-prometheus"):
+        for doc in render(check, name):
+            assert "cpu" not in json.dumps(doc.get("spec", {}).get("metrics", [])), f"{name}: CPU says nothing of a worker's work"
+
+    # keda (the default mode), the chart's PostgreSQL: the trigger names its Service and user, the password from its Secret.
+    scaler, auth = scaled(check, "helm-full")
+    spec = scaler["spec"]
+    assert scaler["apiVersion"] == "keda.sh/v1alpha1"
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vlm-node-worker"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 5)
+    assert spec["cooldownPeriod"] == 300
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "postgresql"
+    meta = trigger["metadata"]
+    assert meta["targetQueryValue"] == str(Settings().worker_jobs), "unset: as many jobs as one worker runs by default"
+    assert meta["activationTargetQueryValue"] == "0"
+    assert meta["host"] == "vlm-node-postgresql.vlm.svc", "the KEDA operator runs in another namespace"
+    assert (meta["port"], meta["userName"], meta["dbName"]) == ("5432", "vlmnode", "vlmnode")
+    assert "password" not in meta and "connection" not in meta
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "password", "name": "vlm-node-postgresql", "key": "POSTGRES_PASSWORD"}]
+    assert not [d for d in render(check, "helm-full") if d["kind"] == "HorizontalPodAutoscaler"], "KEDA makes its own"
+
+    # keda, an external database from your Secret, scaling to zero, WORKER_JOBS jobs a worker.
+    scaler, auth = scaled(check, "helm-autoscale-keda")
+    spec, meta = scaler["spec"], scaler["spec"]["triggers"][0]["metadata"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (0, 20)
+    assert (meta["targetQueryValue"], meta["activationTargetQueryValue"]) == ("2", "1")
+    assert not {"host", "userName", "password"} & set(meta)
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "connection", "name": "vlm-node-db", "key": "url"}]
+    assert "replicas" not in find(render(check, "helm-autoscale-keda"), "Deployment", "-worker")["spec"]
+    for name in ("helm-full", "helm-autoscale-keda"):
+        assert find(render(check, name), "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"] == meta["query"]
+
+    # prometheus: an HPA on the adapter's external metric, jobsPerReplica jobs a worker.
+    docs = render(check, "helm-autoscale-prometheus")
+    assert not [d for d in docs if d["apiVersion"].startswith("keda.sh/")]
+    hpa = find(docs, "HorizontalPodAutoscaler", "-worker")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "vlm-node-worker"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"] == {"name": "vlmnode_worker_demand", "selector": {"matchLabels": {"service": "vlm-node-metrics"}}}
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "3"}
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert "replicas" not in find(docs, "Deployment", "-worker")["spec"]
+
+    readme = (ROOT / "README.md").read_text()
+    assert "as: vlmnode_worker_demand}" in readme, "the README gives the adapter rule serving the HPA's metric"
+
+
+async def test_the_chart_counts_the_jobs_the_node_counts(check, store, database_url):
+    """KEDA's query counts the due pending jobs (the node's vlmnode_queue_depth)
+    plus the jobs workers hold, on a database migrated by the node."""
+    query = find(render(check, "helm-full"), "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"]
+    rows = [(status, "now() - interval '1 minute'") for status in Status]
+    rows += [(Status.PENDING, "now() + interval '1 hour'"), (Status.PENDING, "now()"), (Status.RUNNING, "now()")]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for status, run_after in rows:
+            conn.execute(f"INSERT INTO jobs (job_type, status, run_after) VALUES ('task_timing_v1', %s, {run_after})", [str(status)])
+        [(counted,)] = conn.execute(query).fetchall()
+    due, _ = await store.queue_stats()
+    by_status = await store.count_by_status()
+    held = sum(by_status.get(status, 0) for status in HELD)
+    assert (due, held) == (2, 5), "the rows above: due pending, and held"
+    assert counted == due + held
