@@ -37,6 +37,7 @@ check: $(STAMP)
 
 test: check
 	scripts/ensure-chromium.sh
+	scripts/ensure-llama-server.sh
 	$(PY) -m pytest
 
 check-deploy: $(STAMP)

@@ -210,7 +210,7 @@ CHROMIUM_ARGS = [
 
 
 def _need(what: str) -> None:
-    message = f"browser tests need {what}"
+    message = f"this test needs {what}"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " (CI=true: failing instead of skipping)")
     pytest.skip(message)
@@ -238,3 +238,25 @@ async def chromium():
         finally:
             for browser in browsers:
                 await browser.close()
+
+
+# A real model server.
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """llama.cpp's llama-server with Gemma 3 270M, two slots, for the session;
+    skipped where it is not installed (scripts/ensure-llama-server.sh), except
+    under CI=true, where that fails."""
+    from devpeers.llama_server import LlamaServer, Unavailable
+
+    try:
+        server = LlamaServer(slots=2)
+        server.start()
+    except Unavailable as exc:
+        _need(f"a real llama-server: {exc}")
+        raise  # not reached: _need skips or fails
+    try:
+        yield server
+    finally:
+        server.stop()
