@@ -211,6 +211,19 @@ async def test_a_server_asking_for_a_key_gets_the_one_configured(tmp_path, setti
             await configured.aclose()
 
 
+async def test_the_roles_share_one_ollama_unless_told_apart(settings, fake_openai):
+    from server.engine import OllamaEngine
+
+    same = engines(settings)
+    assert same.vlm is same.llm and isinstance(same.vlm, OllamaEngine)
+    mixed = engines(dataclasses.replace(settings, vlm_backend="openai", vlm_base_url=fake_openai.url, vlm_model=VLM))
+    assert isinstance(mixed.vlm, OpenAIEngine) and isinstance(mixed.llm, OllamaEngine)
+    assert mixed.llm.host == settings.ollama_host and mixed.llm.vlm_model == ""  # it serves the LLM alone
+    await mixed.ready()  # each role's model on its own server
+    for built in (same, mixed):
+        await built.aclose()
+
+
 # -- jobs through a worker ------------------------------------------------------------
 
 async def test_task_timing_with_the_llm_on_an_openai_server(settings, jobs, posemesh, fake_ollama, fake_openai):
