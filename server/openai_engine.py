@@ -123,9 +123,9 @@ class OpenAIEngine:
         await self._client.close()
 
     # -- models ------------------------------------------------------------------------
-    async def _models(self) -> dict[str, ModelInfo]:
-        """What /v1/models lists, by id (cached a while)."""
-        if self._listed and time.monotonic() - self._listed[0] < MODEL_INFO_TTL:
+    async def _models(self, *, fresh: bool = False) -> dict[str, ModelInfo]:
+        """What /v1/models lists, by id (cached a while unless `fresh`)."""
+        if not fresh and self._listed and time.monotonic() - self._listed[0] < MODEL_INFO_TTL:
             return self._listed[1]
         async with self._talking():
             page = await self._client.models.list()
@@ -152,7 +152,9 @@ class OpenAIEngine:
         return min(self.num_ctx, info.context_length) if info.context_length else self.num_ctx
 
     async def ready(self) -> None:
-        await self.describe(self.model)
+        """Asks the server now (/ready must see it go), then finds the model in what it lists."""
+        if self.model not in await self._models(fresh=True):
+            raise self._model_missing(self.model)
 
     async def check_models(self, pull: bool | None = None) -> list[str]:
         await self.ready()

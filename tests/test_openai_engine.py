@@ -116,6 +116,14 @@ async def test_a_server_that_is_down_is_unavailable_in_one_line():
     assert info.value.message == f"the LLM's OpenAI-compatible server is not reachable at {url}: connection refused"
 
 
+async def test_ready_asks_the_server_each_time(fake_openai):
+    async with vlm(fake_openai) as engine:
+        await engine.ready()
+        fake_openai.stop()
+        with pytest.raises(PeerUnavailable, match="is not reachable at"):
+            await engine.ready()  # not answered from what the server listed before
+
+
 async def test_a_model_the_server_does_not_serve_is_refused(fake_openai):
     async with vlm(fake_openai) as engine:
         with pytest.raises(PeerRefused, match="model 'llava:7b' is not served by the VLM's") as info:
@@ -132,11 +140,9 @@ async def test_a_server_failing_mid_answer_or_before_is_unavailable(fake_openai)
         with pytest.raises(PeerUnavailable, match="failed mid-answer: EngineCore encountered an issue"):
             [c async for c in engine.stream("one two three four five six")]
         fake_openai.mode = "error"
-        engine._listed = None  # read /v1/models again
         with pytest.raises(PeerUnavailable, match=r"failed: EngineCore .* \(HTTP 500\)"):
             await engine.ready()
         fake_openai.mode = "cut"
-        engine._listed = None
         with pytest.raises(PeerUnavailable, match="not reachable at .*: the connection was closed mid-answer"):
             [c async for c in engine.stream("one two three four five six")]
 
