@@ -53,7 +53,7 @@ async def wait_done(store: JobStore, n: int, timeout: float = 120) -> None:
 
 async def with_worker(store: JobStore, worker_jobs: int, body):
     settings = Settings(postgres_url=store.url, worker_jobs=worker_jobs, job_lease=30)
-    peers = Peers(settings=settings, engine=None, domain=None)  # empty jobs use no peer
+    peers = Peers(settings=settings, engines=None, domain=None)  # empty jobs use no peer
     worker = Worker(store, peers, pipelines={JOB_TYPE: empty_pipeline})
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(0.3)  # listening

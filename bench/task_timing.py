@@ -29,7 +29,7 @@ from devpeers.fake_ollama import FakeOllama
 from devpeers.fake_posemesh import FakePosemesh
 from devpeers.images import solid_jpeg
 from server.config import Settings
-from server.peers import domain_client, ollama_engine
+from server.peers import domain_client, engines
 from server.store import JobStore
 from worker.pipelines import Peers
 from worker.runner import Worker
@@ -54,7 +54,7 @@ OLD_SCHEMA = {"type": "object", "properties": {"start": OLD_MOMENT, "end": OLD_M
 
 async def run_job(store: JobStore, settings: Settings, domain_id: str) -> tuple[float, dict]:
     """Seconds from claim to completion of one job, and its output."""
-    peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
+    peers = Peers(settings=settings, engines=engines(settings), domain=domain_client(settings))
     worker = Worker(store, peers)
     task = asyncio.create_task(worker.run())
     job, _ = await store.create_job(
@@ -67,7 +67,7 @@ async def run_job(store: JobStore, settings: Settings, domain_id: str) -> tuple[
         await asyncio.sleep(0.01)
     worker.stop()
     await task
-    await peers.engine.aclose()
+    await peers.engines.aclose()
     await peers.domain.aclose()
     assert row.status == "completed", row.error
     events = {e.status: e.at for e in await store.job_events(job.id)}

@@ -1,4 +1,5 @@
-"""Fake peers that speak the real protocols: Ollama, posemesh, a webhook
+"""Fake peers that speak the real protocols: Ollama, an OpenAI-compatible
+server (vLLM, llama-server), posemesh, a webhook
 receiver, a TCP proxy that can be cut, and the images they serve.
 
 Each is a model of the real system written from its source (the files are

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator
 
-from server.engine import Chunk
+from server.engines import Chunk
 
 
 async def coalesced(source: AsyncGenerator[Chunk, None]) -> AsyncGenerator[Chunk, None]:

@@ -26,6 +26,7 @@ class ConfigError(Exception):
 
 INT_MAX = 1 << 30  # the bound of a count that has no bound of its own
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BACKENDS = ("ollama", "openai")  # Ollama's native API; the OpenAI-compatible Chat Completions API
 DEFAULT_ALLOWED_ORIGINS = ",".join(
     f"{scheme}://{host}:*" for host in ("localhost", "127.0.0.1", "[::1]") for scheme in ("http", "https")
 )
@@ -144,8 +145,8 @@ def secret(doc: str) -> Any:
     return _setting("", doc, _read_text)
 
 
-def url(default: str, doc: str) -> Any:
-    return _setting(default, doc, _read_url, accepted="http(s) URL")
+def url(default: str, doc: str, *, shown: str = "") -> Any:
+    return _setting(default, doc, _read_url, accepted="http(s) URL", shown=shown)
 
 
 def path(doc: str, *, shown: str = "") -> Any:
@@ -185,8 +186,8 @@ class Settings:
         "", "PostgreSQL connection string", _read_postgres_url, accepted="postgresql:// URL",
         shown="a private server (`make run`)",
     )
-    vlm_model: str = text("moondream:1.8b", "Vision model name for Ollama")
-    llm_model: str = text("llama3:latest", "Language model name for Ollama")
+    vlm_model: str = text("moondream:1.8b", "Vision model name, as the VLM's server lists it")
+    llm_model: str = text("llama3:latest", "Language model name, as the LLM's server lists it")
     ollama_host: str = url("http://localhost:11434", "Ollama server URL")
     data_dir: str = text(".vlmnode-data", "Where `make run` keeps its private PostgreSQL")
     api_url: str = url("", "Auki API URL")
@@ -216,14 +217,38 @@ class Settings:
         "(Compose and the chart give Ollama the same value)", unit="requests",
     )
     ollama_timeout: float = seconds(
-        120.0, "Silence before an Ollama request is given up (every request streams, so an answer resets it)"
+        120.0, "Silence before a request to Ollama or an OpenAI-compatible server is given up (every request "
+        "streams, so an answer resets it)"
     )
     ollama_answer_deadline: float = seconds(600.0, "Time a whole answer may take, however steadily it streams")
     vlm_num_ctx: int = count(
-        4096, "Context asked for the VLM, capped at what the model was trained for", unit="tokens"
+        4096, "Context asked for the VLM, capped at what the model was trained for (Ollama) or is served with "
+        "(`openai`: `/v1/models`)", unit="tokens"
     )
     llm_num_ctx: int = count(
         8192, "Context asked for the LLM; a longer timeline is read in windows", unit="tokens"
+    )
+    # The engines: which API each role's model server speaks, and where. Both
+    # roles are on Ollama (OLLAMA_HOST) unless told otherwise; an
+    # OpenAI-compatible server (vLLM, SGLang, llama-server) needs its URL, and
+    # serves one role with VLM_SLOTS or LLM_SLOTS requests at once.
+    vlm_backend: str = choice("ollama", "The API the VLM's server speaks: Ollama's, or OpenAI's (vLLM, SGLang, "
+                              "llama-server)", BACKENDS)
+    vlm_base_url: str = url("", "The VLM's server; for `openai` its API root (e.g. `http://vllm:8000/v1`)",
+                            shown="`OLLAMA_HOST`")
+    vlm_api_key: str = secret("The API key of the VLM's server (`openai`), if it asks for one")
+    vlm_api_key_file: str = path("A file holding `VLM_API_KEY` (e.g. a mounted Secret)")
+    vlm_slots: int = count(
+        4, "Requests the VLM's OpenAI-compatible server answers at once (llama-server `-np`, vLLM "
+        "`--max-num-seqs`); the node sends no more per process", unit="requests",
+    )
+    llm_backend: str = choice("ollama", "The API the LLM's server speaks", BACKENDS)
+    llm_base_url: str = url("", "The LLM's server; for `openai` its API root", shown="`OLLAMA_HOST`")
+    llm_api_key: str = secret("The API key of the LLM's server (`openai`), if it asks for one")
+    llm_api_key_file: str = path("A file holding `LLM_API_KEY`")
+    llm_slots: int = count(
+        4, "Requests the LLM's OpenAI-compatible server answers at once; the node sends no more per process",
+        unit="requests",
     )
     vlm_max_images: int = count(
         0, "Images the VLM takes in one request; `0`: as its family is known to (moondream, llava: one)",
@@ -245,7 +270,8 @@ class Settings:
         0, "Images one process decodes at once; `0`: one per core it may use", unit="images", lo=0
     )
     caption_slots: int = count(
-        0, "Images captioned at once within a job; `0`: `OLLAMA_NUM_PARALLEL`", unit="images", lo=0
+        0, "Images captioned at once within a job; `0`: the VLM's slots (`OLLAMA_NUM_PARALLEL` or `VLM_SLOTS`)",
+        unit="images", lo=0
     )
     job_max_images: int = count(1000, "Images one job may take", unit="images")
     workers: int = count(1, "Worker processes `make run` (`python -m server.node`) starts", unit="processes")
@@ -308,7 +334,17 @@ class Settings:
 
     @property
     def caption_concurrency(self) -> int:
-        return self.caption_slots or self.ollama_num_parallel
+        return self.caption_slots or (self.vlm_slots if self.vlm_backend == "openai" else self.ollama_num_parallel)
+
+    @property
+    def vlm_url(self) -> str:
+        """Where the VLM's server is (VLM_BASE_URL's default)."""
+        return self.vlm_base_url or self.ollama_host
+
+    @property
+    def llm_url(self) -> str:
+        """Where the LLM's server is (LLM_BASE_URL's default)."""
+        return self.llm_base_url or self.ollama_host
 
     @property
     def tls(self) -> bool:
@@ -375,8 +411,23 @@ def _flush_before_idle(s: Settings) -> str | None:
     return None
 
 
+def _openai_needs_url(s: Settings) -> str | None:
+    for role, backend, base_url in (("VLM", s.vlm_backend, s.vlm_base_url), ("LLM", s.llm_backend, s.llm_base_url)):
+        if backend == "openai" and not base_url:
+            return (f"{role}_BACKEND=openai needs {role}_BASE_URL, the server's API root "
+                    "(e.g. http://vllm:8000/v1): OLLAMA_HOST speaks Ollama's API")
+    return None
+
+
+def _one_api_key(s: Settings) -> str | None:
+    for role, key, key_file in (("VLM", s.vlm_api_key, s.vlm_api_key_file), ("LLM", s.llm_api_key, s.llm_api_key_file)):
+        if key and key_file:
+            return f"{role}_API_KEY and {role}_API_KEY_FILE both give the key: set one or neither"
+    return None
+
+
 RULES: tuple[Callable[[Settings], str | None], ...] = (
-    _tls_pair, _default_batch_fits, _first_wait_fits, _flush_before_idle,
+    _tls_pair, _default_batch_fits, _first_wait_fits, _flush_before_idle, _openai_needs_url, _one_api_key,
 )
 
 

@@ -1,5 +1,7 @@
-"""The one module that talks to Ollama (through the `ollama` client's AsyncClient,
-its requests carried by aiohttp: see `_reason` for what that means for errors).
+"""The one module that talks to Ollama, the node's default engine (server/engines.py
+says what an engine does; server/openai_engine.py is the other), through the
+`ollama` client's AsyncClient, its requests carried by aiohttp (see `_reason`
+for what that means for errors).
 
 Ollama as it really is (ollama/ollama v0.32, see REAL-PEERS.md):
 - it answers OLLAMA_NUM_PARALLEL requests per model (default 1) and queues the
@@ -28,13 +30,11 @@ Every failure leaves as a NodeError that names Ollama and its host:
 
 import asyncio
 import contextlib
-import json
 import socket
 import time
 from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import cast
 
 import aiohttp
 import httpx
@@ -43,6 +43,7 @@ import ollama
 
 from server import metrics
 from server.config import Settings
+from server.engines import ANSWER_RESERVE, Answer, AnswerFormat, Chunk, causes, json_object, too_long
 from server.errors import BadInput, NodeError, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.retry import RetryStrategy
@@ -51,7 +52,6 @@ from server.tokens import TokenEstimator, looks_cut
 # An engine made without them takes the node's settings' defaults
 # (OLLAMA_TIMEOUT is per network step, not per whole answer).
 DEFAULTS = Settings()
-ANSWER_RESERVE = 512  # tokens kept free for an answer whose length the caller did not bound
 SPARE_CONNECTIONS = 4  # beyond the slots: for probes and pulls, which take no slot
 MODEL_INFO_TTL = 60.0  # seconds a model's description is trusted before it is read again
 PULL_RETRY = RetryStrategy(max_attempts=3, wait=2.0)
@@ -67,50 +67,14 @@ def _full_name(model: str) -> str:
     return model if ":" in model else f"{model}:latest"
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """exc, what it was raised from or during, and the members of exception groups, depth first."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-
-
-AnswerFormat = dict[str, Any] | Literal["json"] | None  # a JSON schema the answer must fit, or any JSON
-
 # Ollama's counts on the last part of an answer (api/types.go Metrics): tokens, and durations in nanoseconds.
 METRICS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration")
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A piece of a streamed answer, with what Ollama said of it."""
-
-    text: str
-    done: bool
-    model: str = ""
-    created_at: str = ""  # RFC 3339, as Ollama wrote it
-    done_reason: str = ""  # on the last: "stop", or "length" when num_predict cut the answer
-    metrics: dict[str, int] = field(default_factory=dict)  # on the last: those of METRICS Ollama gave
-
-    @classmethod
-    def of(cls, part: ollama.GenerateResponse) -> "Chunk":
-        metrics = {name: value for name in METRICS if isinstance(value := getattr(part, name, None), int) and value > 0}
-        return cls(
-            part.response or "", bool(part.done), part.model or "", part.created_at or "", part.done_reason or "", metrics
-        )
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    prompt_tokens: int  # as Ollama counted them (prompt_eval_count)
-    tokens: int  # written (eval_count)
-    done_reason: str  # "stop", or "length" when num_predict cut it
+def _chunk(part: ollama.GenerateResponse) -> Chunk:
+    """A part of Ollama's answer, with what it said of it."""
+    metrics = {name: value for name in METRICS if isinstance(value := getattr(part, name, None), int) and value > 0}
+    return Chunk(part.response or "", bool(part.done), part.model or "", part.created_at or "", part.done_reason or "", metrics)
 
 
 class OllamaEngine:
@@ -118,8 +82,8 @@ class OllamaEngine:
         self,
         host: str,
         *,
-        vlm_model: str,
-        llm_model: str,
+        vlm_model: str = "",  # empty: the role is served elsewhere (server/engines.py Engines)
+        llm_model: str = "",
         num_parallel: int = DEFAULTS.ollama_num_parallel,
         timeout: float = DEFAULTS.ollama_timeout,
         deadline: float = DEFAULTS.ollama_answer_deadline,
@@ -136,7 +100,8 @@ class OllamaEngine:
         self.deadline = deadline
         self.pull = pull
         self.pull_retry = pull_retry
-        self._num_ctx = {_full_name(llm_model): llm_num_ctx}
+        self._models = tuple(dict.fromkeys(m for m in (vlm_model, llm_model) if m))  # those it serves
+        self._num_ctx = {_full_name(llm_model): llm_num_ctx} if llm_model else {}
         self._vlm_num_ctx = vlm_num_ctx
         # aiohttp keeps a connection alive for every slot (httpx kept 20 and
         # opened and closed the rest with every answer); requests still go
@@ -178,7 +143,7 @@ class OllamaEngine:
     async def ready(self) -> None:
         """Raises unless Ollama answers now and both models are there and fit for their work."""
         present = await self._present()
-        for model in dict.fromkeys((self.vlm_model, self.llm_model)):
+        for model in self._models:
             if _full_name(model) not in present:
                 raise self._model_missing(model)
             self._check_fit(await self.describe(model))
@@ -193,7 +158,7 @@ class OllamaEngine:
         their work; returns those pulled. A model unfit for its work is PeerRefused
         "model_unsuitable", which a process should not start with."""
         pulled = []
-        for model in dict.fromkeys((self.vlm_model, self.llm_model)):
+        for model in self._models:
             if await self.ensure_model(model, pull=self.pull if pull is None else pull):
                 pulled.append(model)
             self._check_fit(await self.describe(model))
@@ -212,13 +177,13 @@ class OllamaEngine:
             return True
 
     def _check_fit(self, info: ModelInfo) -> None:
-        if info.name == _full_name(self.vlm_model) and not info.vision:
+        if self.vlm_model and info.name == _full_name(self.vlm_model) and not info.vision:
             raise PeerRefused(
                 f"VLM_MODEL {info.name} cannot see images: Ollama at {self.host} lists its capabilities as "
                 f"{', '.join(sorted(info.capabilities)) or 'none'}; choose a vision model",
                 code="model_unsuitable",
             )
-        if info.name == _full_name(self.llm_model) and info.capabilities and "completion" not in info.capabilities:
+        if self.llm_model and info.name == _full_name(self.llm_model) and info.capabilities and "completion" not in info.capabilities:
             raise PeerRefused(f"LLM_MODEL {info.name} cannot complete text", code="model_unsuitable")
 
     async def _pull(self, model: str) -> None:
@@ -255,9 +220,9 @@ class OllamaEngine:
         async with contextlib.aclosing(self._parts(model or self.vlm_model, prompt, images, options)) as parts:
             async for part in parts:
                 if part.done:
-                    final = Chunk.of(part)
+                    final = _chunk(part)
                 else:
-                    yield Chunk.of(part)
+                    yield _chunk(part)
         yield final or Chunk("", True)  # after the slot is freed, so a consumer that stops here holds nothing
 
     async def generate(
@@ -289,13 +254,9 @@ class OllamaEngine:
         """Ask the LLM for an answer shaped by the JSON `schema`, and parse it."""
         answer = await self.generate(prompt, model=model or self.llm_model, options=options, format=schema)
         try:
-            value = json.loads(answer.text)
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            cut = " (cut at its length limit)" if answer.done_reason == "length" else ""
-            raise self._bad_answer(f"expected a JSON object{cut}, got {answer.text[:80]!r}")
-        return value
+            return json_object(answer)
+        except ValueError as e:
+            raise self._bad_answer(str(e)) from None
 
     async def fits(self, model: str, prompt: str, images: int = 0, *, answer_tokens: int | None = None) -> bool:
         """Whether the prompt, by our estimate, leaves room for the answer in the model's context."""
@@ -334,7 +295,7 @@ class OllamaEngine:
         limit = options.get("num_predict")
         answer_tokens = limit if isinstance(limit, int) and limit > 0 else ANSWER_RESERVE
         if need + answer_tokens > window:
-            raise self._too_long(model, need, len(images), window)
+            raise too_long(model, need, len(images), window)
         options["num_ctx"] = window
         waiting = time.perf_counter()
         async with self._slots[model]:
@@ -415,7 +376,7 @@ class OllamaEngine:
         # Judged by the root causes: the transport's mapping of aiohttp's
         # errors to httpx's is coarse (a refused connection becomes a
         # ConnectTimeout), so the most telling cause in the chain wins.
-        causes = list(_causes(exc))
+        found = list(causes(exc))
         for types, reason in (
             ((ConnectionRefusedError,), "connection refused"),
             ((socket.gaierror, aiohttp.ClientConnectorDNSError), "unknown host"),
@@ -424,16 +385,9 @@ class OllamaEngine:
             ((ConnectionResetError,), "the connection was reset"),
             ((TimeoutError,), f"nothing heard for {self.timeout:g} s"),
         ):
-            if any(isinstance(e, types) for e in causes):
+            if any(isinstance(e, types) for e in found):
                 return reason
         return str(exc) or type(exc).__name__
-
-    def _too_long(self, model: str, need: int, images: int, window: int) -> BadInput:
-        with_images = f" with {images} image(s)" if images else ""
-        return BadInput(
-            f"the prompt{with_images} takes about {need} tokens and its answer more, but {model} reads {window}",
-            code="prompt_too_long",
-        )
 
     def _model_missing(self, model: str) -> PeerRefused:
         return PeerRefused(f"model {quoted(model)} is not available on Ollama at {self.host}", code="model_missing")

@@ -18,7 +18,7 @@ from server.inference_service import InferenceService
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
 from server.ops_http import OpsServer
-from server.peers import check_ollama, domain_client, ollama_engine
+from server.peers import check_engines, domain_client, engines
 from server.queue_gauges import QueueGauges
 from server.realtime import RealtimeLimits
 from server.store import JobStore
@@ -41,10 +41,10 @@ class NodeServer:
         self.store = JobStore(settings.postgres_url)
         self.watcher = JobWatcher(self.store)
         self.domain = domain_client(settings)
-        self.engine = ollama_engine(settings)
+        self.engines = engines(settings)
         self.health = health.aio.HealthServicer()
         self.monitor = HealthMonitor(
-            self.health, self.store, self.engine, jobs_service=JOB_SERVICE, inference_service=INFERENCE_SERVICE
+            self.health, self.store, self.engines, jobs_service=JOB_SERVICE, inference_service=INFERENCE_SERVICE
         )
         self.gauges = QueueGauges(self.store)
         self.ops = OpsServer(settings.http_host, settings.metrics_port, self._health)
@@ -60,7 +60,7 @@ class NodeServer:
             ]
         )
         self.inference = InferenceService(
-            self.engine, self.limits, default_model=settings.vlm_model, default_batch=settings.image_batch_size
+            self.engines.vlm, self.limits, default_model=settings.vlm_model, default_batch=settings.image_batch_size
         )
         self.port = 0
 
@@ -120,7 +120,7 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.watcher.stop()
-        await self.engine.aclose()
+        await self.engines.aclose()
         if self.domain is not None:
             await self.domain.aclose()
         await self.store.close()
@@ -130,7 +130,7 @@ async def serve(settings: Settings) -> None:
     node = NodeServer(settings)
     await node.start()
     try:
-        await check_ollama(node.engine, "vlm-node-server")
+        await check_engines(node.engines, "vlm-node-server")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

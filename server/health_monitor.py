@@ -1,7 +1,7 @@
 """Keeps the gRPC health service truthful: JobService is SERVING while the
-database answers, InferenceService while Ollama does. The bridge's /ready
-reads these, so it never has to reach the database or Ollama itself.
-Ollama serves only when both models are there and fit for their work (the
+database answers, InferenceService while the model servers do. The bridge's /ready
+reads these, so it never has to reach the database or a model server itself.
+They serve only when both models are there and fit for their work (the
 VLM sees images).
 
 The database is probed often, and at once when a call lost its connection
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from grpc_health.v1 import health, health_pb2
 
 from server.background import BackgroundDuty
-from server.engine import OllamaEngine
+from server.engines import Engines
 from server.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ Probe = Callable[[], Awaitable[object]]
 class HealthMonitor(BackgroundDuty):
     name = "health-monitor"
 
-    def __init__(self, servicer: health.aio.HealthServicer, store: JobStore, engine: OllamaEngine,
+    def __init__(self, servicer: health.aio.HealthServicer, store: JobStore, engines: Engines,
                  *, jobs_service: str, inference_service: str):
         super().__init__()
         self.servicer = servicer
@@ -46,7 +46,7 @@ class HealthMonitor(BackgroundDuty):
         store.fail_fast = True
         self.jobs_service = jobs_service
         self.inference_service = inference_service
-        self.checks: dict[str, Probe] = {jobs_service: store.ping, inference_service: engine.ready}
+        self.checks: dict[str, Probe] = {jobs_service: store.ping, inference_service: engines.ready}
         self._last: dict[str, int] = {}
 
     async def check_once(self) -> None:

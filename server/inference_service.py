@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from server import logs, metrics
-from server.engine import OllamaEngine
+from server.engines import Engine
 from server.errors import BadInput, NodeError, TimedOut
 from server.grpc_errors import status_for, translate_errors
 from server.realtime import RealtimeLimits, Session, stream_settings
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, engine: OllamaEngine, limits: RealtimeLimits, *, default_model: str, default_batch: int):
+    def __init__(self, engine: Engine, limits: RealtimeLimits, *, default_model: str, default_batch: int):
         self.engine = engine
         self.limits = limits
         self.default_model = default_model

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from server import metrics
 from server.coalesce import coalesced
 from server.config import Settings
-from server.engine import Chunk, OllamaEngine
+from server.engines import Chunk, Engine
 from server.errors import BadInput, NodeError, PeerUnavailable, TooLarge, quoted, shown
 from server.grpc_errors import status_for
 from server.images import check_image, prepare, tile
@@ -116,7 +116,7 @@ def stream_settings(
 
 
 class Session:
-    def __init__(self, engine: OllamaEngine, settings: StreamSettings, limits: RealtimeLimits):
+    def __init__(self, engine: Engine, settings: StreamSettings, limits: RealtimeLimits):
         self.engine = engine
         self.settings = settings
         self.limits = limits

@@ -92,6 +92,15 @@ def fake_ollama():
 
 
 @pytest.fixture
+def fake_openai():
+    """An OpenAI-compatible server (as vLLM) serving a VLM and an LLM, with 4 slots."""
+    from devpeers.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
 def posemesh():
     """A posemesh with one domain of six photos, one a minute, named as
     glasses apps name them so their time comes from the name, beside what

@@ -61,16 +61,16 @@ async def running_worker(settings, pipelines=None):
     `pipelines`, a worker of those, which use no peer."""
     import asyncio
 
-    from server.peers import domain_client, ollama_engine
+    from server.peers import domain_client, engines
     from worker.pipelines import PIPELINES, Peers
     from worker.runner import Worker
 
     store = JobStore(settings.postgres_url, max_size=4)
     await store.open()
     if pipelines is None:
-        peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
+        peers = Peers(settings=settings, engines=engines(settings), domain=domain_client(settings))
     else:
-        peers = Peers(settings=settings, engine=None, domain=None)
+        peers = Peers(settings=settings, engines=None, domain=None)
     w = Worker(store, peers, worker_name="test-worker", pipelines=pipelines or PIPELINES)
     task = asyncio.create_task(w.run())
     try:
@@ -78,7 +78,7 @@ async def running_worker(settings, pipelines=None):
     finally:
         w.stop()
         await asyncio.wait_for(task, 10)
-        for peer in (peers.engine, peers.domain):
+        for peer in (peers.engines, peers.domain):
             if peer is not None:
                 await peer.aclose()
         await store.close()

@@ -106,6 +106,10 @@ def test_lists_are_read_by_what_checked_them():
         ({"REALTIME_IDLE_TIMEOUT": "2"}, "REALTIME_FLUSH_AFTER (2) must be less than REALTIME_IDLE_TIMEOUT (2)"),
         ({"TLS_CERT_FILE": __file__}, "TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither"),
         ({"TLS_KEY_FILE": __file__}, "TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither"),
+        ({"VLM_BACKEND": "openai"}, "VLM_BACKEND=openai needs VLM_BASE_URL, the server's API root"),
+        ({"LLM_BACKEND": "openai", "OLLAMA_HOST": "http://gpu:8000/v1"}, "LLM_BACKEND=openai needs LLM_BASE_URL"),
+        ({"LLM_API_KEY": "sk-1", "LLM_API_KEY_FILE": __file__},
+         "LLM_API_KEY and LLM_API_KEY_FILE both give the key: set one or neither"),
     ],
 )
 def test_settings_that_cannot_work_together_are_refused(env, message):
@@ -119,6 +123,19 @@ def test_settings_that_fit_together_pass():
                            "REALTIME_FLUSH_AFTER": "0.5", "REALTIME_IDLE_TIMEOUT": "0.6",
                            "TLS_CERT_FILE": __file__, "TLS_KEY_FILE": __file__})
     assert (s.image_batch_size, s.job_retry_wait, s.realtime_idle_timeout, s.tls) == (16, 60.0, 0.6, True)
+
+
+def test_each_role_has_its_own_engine_settings_and_ollama_is_the_default():
+    s = Settings.from_env({})
+    assert (s.vlm_backend, s.llm_backend, s.vlm_url, s.llm_url) == ("ollama", "ollama", s.ollama_host, s.ollama_host)
+    assert s.caption_concurrency == s.ollama_num_parallel == 1
+    s = Settings.from_env({"VLM_BACKEND": "openai", "VLM_BASE_URL": "http://vllm:8000/v1/", "VLM_SLOTS": "16",
+                           "LLM_BASE_URL": "http://other-ollama:11434", "LLM_API_KEY": "sk-1"})
+    assert (s.vlm_backend, s.vlm_url, s.llm_backend, s.llm_url) == (
+        "openai", "http://vllm:8000/v1", "ollama", "http://other-ollama:11434")
+    assert s.caption_concurrency == 16 and s.llm_api_key == "sk-1"  # a job's captions fill the VLM's slots
+    with pytest.raises(ConfigError, match="VLM_BACKEND must be one of ollama, openai, got 'vllm'"):
+        Settings.from_env({"VLM_BACKEND": "vllm"})
 
 
 @pytest.mark.parametrize("module", ["server.main", "worker.main", "server.bridge.main", "server.node"])

@@ -99,6 +99,25 @@ async def test_a_model_that_sees_several_images_gets_the_whole_batch(infer_node,
     call.cancel()
 
 
+async def test_a_stream_on_an_openai_server_takes_one_image_unless_told_more(infer_node, fake_openai):
+    # Such a server does not say how many images its model was trained on: one, unless VLM_MAX_IMAGES says more.
+    on_openai = dict(vlm_backend="openai", vlm_base_url=fake_openai.url, vlm_model="Qwen/Qwen2.5-VL-3B-Instruct")
+    for overrides, answer, images in (
+        ({}, "a 128x48 image, mostly red", 1),
+        ({"vlm_max_images": 2}, "a 64x48 image, mostly red; a 64x48 image, mostly blue", 2),
+    ):
+        stub = await infer_node(**on_openai, **overrides)
+        call = stub.Infer()
+        await call.write(config(prompt="What colours?", batch_size=2))
+        await call.write(frame("red"))
+        await call.write(frame("blue"))
+        text, last = await read_answer(call)
+        assert text == answer and list(last.frame_ids) == ["red", "blue"] and last.done_reason == "stop"
+        assert last.model == "Qwen/Qwen2.5-VL-3B-Instruct" and last.metrics.eval_count > 0
+        assert fake_openai.requests[-1]["images"] == images
+        call.cancel()
+
+
 async def test_the_newest_frame_policy_answers_about_the_last_frame(infer_node, fake_ollama):
     stub = await infer_node(realtime_single_image="newest")
     call = stub.Infer()

@@ -77,6 +77,24 @@ def test_the_filter_blanks_messages_arguments_tracebacks_and_extras():
     assert "3 jobs -" in text
 
 
+async def test_an_engines_api_key_is_never_logged(caplog):
+    from devpeers.fake_openai import FakeOpenAI
+    from server.errors import PeerRefused
+    from server.openai_engine import OpenAIEngine
+
+    caplog.set_level(logging.DEBUG)
+    model = "Qwen/Qwen2.5-1.5B-Instruct"
+    with FakeOpenAI(api_key=TOKEN) as fake:
+        async with OpenAIEngine(fake.url, role="LLM", model=model, api_key=TOKEN) as engine:
+            await engine.ready()
+            assert (await engine.generate("hi")).text == "You said: hi"
+        async with OpenAIEngine(fake.url, role="LLM", model=model, api_key=WRONG) as engine:
+            with pytest.raises(PeerRefused, match="Invalid API Key"):
+                await engine.ready()
+    assert "HTTP Request: POST" in caplog.text  # the client's requests were logged, at DEBUG
+    assert TOKEN not in caplog.text and WRONG not in caplog.text
+
+
 async def _use_the_token_everywhere(grpc_target: str, base: str, webhook_url: str) -> None:
     auth = [("authorization", f"Bearer {TOKEN}")]
     async with grpc.aio.insecure_channel(grpc_target) as channel:

@@ -125,7 +125,7 @@ async def caption_images(ctx: CaptionContext, peers: "Peers", prompt: str) -> tu
             except BadInput as exc:
                 skipped.append(_skip(item, exc.message))
                 return
-            text = await peers.engine.caption(prepared.jpeg, prompt, options=options)
+            text = await peers.engines.vlm.caption(prepared.jpeg, prompt, options=options)
         # One line (a timeline row), without the NULs PostgreSQL cannot store.
         caption = " ".join(text.replace("\x00", "").split())
         made = Caption(item.id, item.updated_at, item.name, capture_time(item, prepared.taken_at), caption)

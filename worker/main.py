@@ -10,7 +10,7 @@ from server.config import Settings, load
 async def _run(settings: Settings) -> None:
     from server import images
     from server.ops_http import OpsServer
-    from server.peers import check_ollama, domain_client, ollama_engine
+    from server.peers import check_engines, domain_client, engines
     from server.store import JobStore
     from worker.pipelines import Peers
     from worker.runner import Worker
@@ -18,9 +18,9 @@ async def _run(settings: Settings) -> None:
     images.set_decode_slots(settings.image_decode_slots)
     store = JobStore(settings.postgres_url, max_size=4)
     await store.open()
-    peers = Peers(settings=settings, engine=ollama_engine(settings), domain=domain_client(settings))
+    peers = Peers(settings=settings, engines=engines(settings), domain=domain_client(settings))
     try:
-        await check_ollama(peers.engine, "vlm-node-worker")
+        await check_engines(peers.engines, "vlm-node-worker")
         worker = Worker(store, peers)
 
         async def health() -> dict:
@@ -37,7 +37,7 @@ async def _run(settings: Settings) -> None:
         finally:
             await ops.stop()
     finally:
-        await peers.engine.aclose()
+        await peers.engines.aclose()
         if peers.domain is not None:
             await peers.domain.aclose()
         await store.close()

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from server.config import Settings
 from server.domain import DomainClient
-from server.engine import OllamaEngine
+from server.engines import Engines
 from server.job_status import Status
 from server.jobs import TASK_TIMING, VLM_ONLY, JobInput
 from worker.captions import CaptionContext, caption_images
@@ -25,7 +25,7 @@ class JobContext(CaptionContext, Protocol):
 @dataclass
 class Peers:
     settings: Settings
-    engine: OllamaEngine
+    engines: Engines
     domain: DomainClient | None
 
 
@@ -42,7 +42,7 @@ async def run_vlm_only(ctx: JobContext, peers: Peers, data: JobInput) -> dict[st
 async def run_task_timing(ctx: JobContext, peers: Peers, data: JobInput) -> dict[str, Any]:
     rows, skipped = await caption_images(ctx, peers, data.vlm_prompt)
     await ctx.advance(Status.COMPLETING)
-    decision = await decide(rows, data.prompt, peers.engine, peers.settings.llm_model)
+    decision = await decide(rows, data.prompt, peers.engines.llm, peers.settings.llm_model)
     return {
         "logs": timeline_csv(rows),
         "temporal_output": reply(decision.verdict, rows),

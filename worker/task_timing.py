@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine import OllamaEngine
+from server.engines import Engine
 from server.errors import BadInput, PeerUnavailable
 from worker.captions import Row
 
@@ -169,7 +169,7 @@ def parse(answer: Any, allowed: set[int]) -> Verdict:
 class _Asker:
     """Asks the LLM one question at a time, again when the answer is bad."""
 
-    def __init__(self, engine: OllamaEngine, model: str, task: str, day: str | None):
+    def __init__(self, engine: Engine, model: str, task: str, day: str | None):
         self.engine, self.model, self.task, self.day = engine, model, task, day
         self.calls = 0
 
@@ -201,7 +201,7 @@ def _span(lines: Sequence[str], start: int, room: int, cost: Callable[[str], int
     return range(start, end)
 
 
-async def decide(rows: Sequence[Row], task: str, engine: OllamaEngine, model: str) -> Decision:
+async def decide(rows: Sequence[Row], task: str, engine: Engine, model: str) -> Decision:
     """The prompt answered, and when the task started and ended, reading the
     timeline in as few windows as fit."""
     days = {row.timestamp[:10] for row in rows}

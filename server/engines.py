@@ -1,0 +1,141 @@
+"""What the node asks of a model server, whichever API it speaks: `Engine`,
+met by Ollama's native API (server/engine.py) and by the OpenAI-compatible
+Chat Completions API of vLLM, SGLang or llama-server (server/openai_engine.py);
+the answers they give (`Chunk`, `Answer`); and `Engines`, the node's two roles,
+the VLM (realtime streams, captions) and the LLM (a job's structured answer),
+each on its own engine or both on one. server/peers.py builds them.
+"""
+
+import json
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from server.errors import BadInput
+from server.model_info import ModelInfo
+from server.tokens import TokenEstimator
+
+AnswerFormat = dict[str, Any] | Literal["json"] | None  # a JSON schema the answer must fit, or any JSON
+ANSWER_RESERVE = 512  # tokens kept free for an answer whose length the caller did not bound
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed answer, with what the model server said of it."""
+
+    text: str
+    done: bool
+    model: str = ""
+    created_at: str = ""  # RFC 3339
+    done_reason: str = ""  # on the last: "stop", or "length" when the token limit cut the answer
+    # On the last: counts named as Ollama's (server/engine.py METRICS): tokens, and durations in nanoseconds.
+    metrics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    prompt_tokens: int  # as the server counted them
+    tokens: int  # written
+    done_reason: str  # "stop", or "length" when the token limit cut it
+
+
+def json_object(answer: Answer) -> dict:
+    """The answer read as the JSON object it was asked to be; ValueError saying why not."""
+    try:
+        value = json.loads(answer.text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        cut = " (cut at its length limit)" if answer.done_reason == "length" else ""
+        raise ValueError(f"expected a JSON object{cut}, got {answer.text[:80]!r}")
+    return value
+
+
+def too_long(model: str, need: int, images: int, window: int) -> BadInput:
+    """A prompt refused before it is sent: by our estimate it leaves no room for the answer."""
+    with_images = f" with {images} image(s)" if images else ""
+    return BadInput(
+        f"the prompt{with_images} takes about {need} tokens and its answer more, but {model} reads {window}",
+        code="prompt_too_long",
+    )
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """exc, what it was raised from or during, and the members of exception groups, depth first:
+    a client's error says little, its root causes (a refused connection, a timeout) say why."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+class Engine(Protocol):
+    """One model server (or one role's), as the realtime path and the worker use it.
+
+    `options` are Ollama's names (`num_predict`, `temperature`); an engine
+    that speaks another API translates them. Every failure is a NodeError.
+    """
+
+    @property
+    def tokens(self) -> Mapping[str, TokenEstimator]:
+        """Each model's estimates (made on first use), sharpened by each answer."""
+        ...
+
+    async def describe(self, model: str) -> ModelInfo: ...
+
+    async def window(self, model: str) -> int:
+        """Tokens of context every request to `model` has."""
+        ...
+
+    async def fits(self, model: str, prompt: str, images: int = 0, *, answer_tokens: int | None = None) -> bool: ...
+
+    def stream(
+        self, prompt: str, images: Sequence[bytes] = (), *, model: str | None = None, options: dict | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """The answer's chunks as the model writes them, the last with done set; closing it frees the slot."""
+        ...
+
+    async def caption(self, image_jpeg: bytes, prompt: str, *, options: dict | None = None) -> str: ...
+
+    async def complete_json(
+        self, prompt: str, schema: dict, *, model: str | None = None, options: dict | None = None
+    ) -> dict: ...
+
+    async def ready(self) -> None:
+        """Raises unless the server answers now and its models are there and fit for their work."""
+        ...
+
+    async def check_models(self, pull: bool | None = None) -> list[str]:
+        """At start: the models there (pulled where the server can), fit for their work; returns those pulled."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Engines:
+    """The VLM's engine and the LLM's: the same object when one server holds both."""
+
+    vlm: Engine
+    llm: Engine
+
+    @property
+    def distinct(self) -> list[Engine]:
+        return [self.vlm] if self.llm is self.vlm else [self.vlm, self.llm]
+
+    async def ready(self) -> None:
+        for engine in self.distinct:
+            await engine.ready()
+
+    async def check_models(self) -> list[str]:
+        return [model for engine in self.distinct for model in await engine.check_models()]
+
+    async def aclose(self) -> None:
+        for engine in self.distinct:
+            await engine.aclose()
