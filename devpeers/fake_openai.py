@@ -345,9 +345,14 @@ class FakeOpenAI(Peer):
     def _listing(self, model: ServedModel) -> dict:
         entry: dict[str, Any] = {"id": model.name, "object": "model", "created": 1_735_689_600}
         if self.flavour == "llama.cpp":
-            return entry | {"owned_by": "llamacpp", "meta": {"vocab_type": 2, "n_vocab": 262144,
-                                                             "n_ctx_train": model.n_ctx_train or model.context_length,
-                                                             "n_embd": 640, "n_params": 268098176}}
+            # As a real llama-server here lists its model: the modalities it takes (image only
+            # with --mmproj), a slot's context (n_ctx: -c / -np) and the model's own.
+            modalities = ["text", "image"] if model.vision else ["text"]
+            return entry | {"owned_by": "llamacpp",
+                            "architecture": {"input_modalities": modalities, "output_modalities": ["text"]},
+                            "meta": {"vocab_type": 2, "n_vocab": 262144, "n_ctx": model.context_length,
+                                     "n_ctx_train": model.n_ctx_train or model.context_length,
+                                     "n_embd": 640, "n_params": 268098176}}
         return entry | {"owned_by": "vllm", "root": model.name, "parent": None, "max_model_len": model.context_length}
 
     async def _health(self, request: Request) -> Response:

@@ -15,9 +15,10 @@ tools/server/server.cpp):
   available context size"), never cut, so the count it reports after an answer
   (`usage.prompt_tokens`) is the prompt's real length and sharpens the estimate;
 - `/v1/models` lists what it serves; vLLM's entry carries `max_model_len` (the
-  context it was started with), llama-server's `meta.n_ctx_train`; the context
-  asked for (`num_ctx`) is capped at it;
-- it does not say whether a model sees images, nor its family: the VLM role is
+  context it was started with), llama-server's `meta.n_ctx` (a slot's) and
+  `n_ctx_train`; the context asked for (`num_ctx`) is capped at it;
+- llama-server says what a model takes (`architecture.input_modalities`); vLLM
+  does not say whether a model sees images, nor its family: there the VLM role is
   taken to see (the LLM role not), and a VLM takes one image per request unless
   VLM_MAX_IMAGES says more (server/realtime.py), the safe side of vLLM's
   `--limit-mm-per-prompt`;
@@ -81,6 +82,16 @@ def _detail(e: openai.APIError) -> str:
     return e.message
 
 
+def _capabilities(entry: object, assumed: frozenset[str]) -> frozenset[str]:
+    """What a listed model takes: llama-server says it (`architecture.input_modalities`,
+    tools/server/server.cpp); vLLM does not, and then `assumed`."""
+    architecture = getattr(entry, "architecture", None)
+    modalities = architecture.get("input_modalities") if isinstance(architecture, dict) else None
+    if not isinstance(modalities, list):
+        return assumed
+    return frozenset({"completion", "vision"} if "image" in modalities else {"completion"})
+
+
 class OpenAIEngine:
     """One role's OpenAI-compatible server: `model` is the role's (VLM_MODEL or LLM_MODEL)."""
 
@@ -129,14 +140,15 @@ class OpenAIEngine:
             return self._listed[1]
         async with self._talking():
             page = await self._client.models.list()
-        # The server does not say what a model can do: the role says (see the module's docstring).
-        capabilities = frozenset({"completion", "vision"} if self.role == "VLM" else {"completion"})
+        # Where the server does not say what a model takes, the role says (see the module's docstring).
+        assumed = frozenset({"completion", "vision"} if self.role == "VLM" else {"completion"})
         listed = {}
         for entry in page.data:
-            meta = getattr(entry, "meta", None)
-            context = getattr(entry, "max_model_len", None) or (meta or {}).get("n_ctx_train")
+            meta = getattr(entry, "meta", None) or {}
+            # llama-server: `meta.n_ctx` is a slot's context (-c / -np), n_ctx_train the model's own.
+            context = getattr(entry, "max_model_len", None) or meta.get("n_ctx") or meta.get("n_ctx_train")
             context = context if isinstance(context, int) and context > 0 else None
-            listed[entry.id] = ModelInfo(entry.id, capabilities, frozenset(), context)
+            listed[entry.id] = ModelInfo(entry.id, _capabilities(entry, assumed), frozenset(), context)
         self._listed = (time.monotonic(), listed)
         return listed
 
@@ -157,7 +169,17 @@ class OpenAIEngine:
             raise self._model_missing(self.model)
 
     async def check_models(self, pull: bool | None = None) -> list[str]:
+        """The model served and fit for its role: a VLM the server lists as
+        taking text only is PeerRefused "model_unsuitable", which a process
+        should not start with."""
         await self.ready()
+        info = await self.describe(self.model)
+        if self.role == "VLM" and not info.vision:
+            raise PeerRefused(
+                f"VLM_MODEL {self.model} cannot see images: {self.name} at {self.base_url} lists it as taking "
+                "text only; choose a vision model (llama-server: start it with --mmproj)",
+                code="model_unsuitable",
+            )
         return []  # nothing to pull: the server serves the model it was started with
 
     async def fits(self, model: str, prompt: str, images: int = 0, *, answer_tokens: int | None = None) -> bool:

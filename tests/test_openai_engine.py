@@ -88,7 +88,7 @@ async def test_the_context_is_the_servers_as_each_lists_it():
     with FakeOpenAI([served]) as vllm, FakeOpenAI([served], flavour="llama.cpp") as llama:
         async with llm(vllm) as on_vllm, llm(llama) as on_llama:
             assert await on_vllm.window(LLM) == 2048  # max_model_len, under LLM_NUM_CTX
-            assert await on_llama.window(LLM) == 8192  # n_ctx_train over it: the setting holds
+            assert await on_llama.window(LLM) == 2048  # a slot's n_ctx, not the model's n_ctx_train
 
 
 async def test_a_prompt_too_long_is_refused_before_it_is_sent(fake_openai):
@@ -258,3 +258,16 @@ async def test_captions_from_an_openai_server_and_the_llm_on_ollama(settings, jo
     assert [r["images"] for r in fake_openai.requests] == [1] * len(COLOURS)
     assert not vlm_requests(fake_ollama) and [r["model"] for r in fake_ollama.requests if r["format"]] == [
         "llama3:latest"]
+
+
+async def test_a_text_only_model_as_the_vlm_is_refused_at_the_check():
+    """llama-server says what a model takes (architecture.input_modalities): a
+    text-only one as the VLM is refused as Ollama's non-vision VLM is."""
+    with FakeOpenAI([ServedModel(VLM)], flavour="llama.cpp") as server:
+        async with vlm(server) as engine:
+            with pytest.raises(PeerRefused, match=f"VLM_MODEL {VLM} cannot see images") as info:
+                await engine.check_models()
+    assert info.value.code == "model_unsuitable" and len(info.value.message.splitlines()) == 1
+    with FakeOpenAI([ServedModel(VLM, max_images=1)], flavour="llama.cpp") as server:
+        async with vlm(server) as engine:
+            assert await engine.check_models() == []
