@@ -66,8 +66,8 @@ def test_the_bridge_prints_json_at_start_under_traffic_and_at_stop():
             sock.sendall(b"GARBAGE\r\n\r\n")
             sock.recv(1024)
         with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/api/v1/ws") as ws:
-            ws.send(json.dumps({"prompt": "what is on the shelf?"}))
-            with pytest.raises(websockets.ConnectionClosed):
+            with pytest.raises(websockets.ConnectionClosed):  # said and closed, maybe before the send
+                ws.send(json.dumps({"prompt": "what is on the shelf?"}))
                 while True:
                     ws.recv(timeout=10)
     finally:
