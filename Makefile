@@ -50,6 +50,7 @@ docker:
 bench: $(STAMP)
 	$(PY) -m bench.queue
 	$(PY) -m bench.task_timing
+	$(PY) -m bench.engines
 	$(PY) -m bench.realtime
 	$(PY) -m bench.soak
 
