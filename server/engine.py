@@ -43,8 +43,8 @@ import ollama
 
 from server import metrics
 from server.config import Settings
-from server.engines import ANSWER_RESERVE, Answer, AnswerFormat, Chunk, causes, json_object, too_long
-from server.errors import BadInput, NodeError, PeerRefused, PeerUnavailable, quoted
+from server.engines import ANSWER_RESERVE, Answer, AnswerFormat, Chunk, causes, counting_errors, json_object, too_long
+from server.errors import BadInput, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.retry import RetryStrategy
 from server.tokens import TokenEstimator, looks_cut
@@ -343,12 +343,8 @@ class OllamaEngine:
     @contextlib.asynccontextmanager
     async def _talking(self, model: str | None = None, *, images: int = 0) -> AsyncIterator[None]:
         """Any request: its failure counted by model, as one of our errors."""
-        try:
-            async with self._translating(model, images=images):
-                yield
-        except NodeError as e:
-            metrics.OLLAMA_ERRORS.labels(model or "", e.code).inc()
-            raise
+        async with counting_errors(model), self._translating(model, images=images):
+            yield
 
     @contextlib.asynccontextmanager
     async def _translating(self, model: str | None = None, *, images: int = 0) -> AsyncIterator[None]:

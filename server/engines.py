@@ -6,12 +6,14 @@ the VLM (realtime streams, captions) and the LLM (a job's structured answer),
 each on its own engine or both on one. server/peers.py builds them.
 """
 
+import contextlib
 import json
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from server.errors import BadInput
+from server import metrics
+from server.errors import BadInput, NodeError
 from server.model_info import ModelInfo
 from server.tokens import TokenEstimator
 
@@ -50,6 +52,16 @@ def json_object(answer: Answer) -> dict:
         cut = " (cut at its length limit)" if answer.done_reason == "length" else ""
         raise ValueError(f"expected a JSON object{cut}, got {answer.text[:80]!r}")
     return value
+
+
+@contextlib.asynccontextmanager
+async def counting_errors(model: str | None) -> AsyncIterator[None]:
+    """Each of our errors a request ends in, counted by model and code."""
+    try:
+        yield
+    except NodeError as e:
+        metrics.OLLAMA_ERRORS.labels(model or "", e.code).inc()
+        raise
 
 
 def too_long(model: str, need: int, images: int, window: int) -> BadInput:
