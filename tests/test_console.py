@@ -274,13 +274,14 @@ async def test_the_list_follows_jobs_live_filters_and_cancels(console):
     # Filters: by job type, by status, and both at once.
     rows = page.locator("tbody tr")
     await page.get_by_label("Job type").select_option("vlm_only")
+    # Waited for, not read once: a row count of the filter before can hold while the next one loads.
     await expect(rows).to_have_count(1)
-    assert await rows.first.get_attribute("data-job-id") == captions["id"]
+    await expect(rows.first).to_have_attribute("data-job-id", captions["id"])
     assert "type=vlm_only" in page.url
     await page.get_by_label("Job type").select_option("")
     await page.get_by_label("Status").select_option("pending")
     await expect(rows).to_have_count(1)
-    assert await rows.first.get_attribute("data-job-id") == timing["id"]
+    await expect(rows.first).to_have_attribute("data-job-id", timing["id"])
     await page.get_by_label("Job type").select_option("vlm_only")
     await page.get_by_text("No jobs match these filters.").wait_for()
     await page.get_by_label("Status").select_option("")
@@ -289,7 +290,7 @@ async def test_the_list_follows_jobs_live_filters_and_cancels(console):
     # Paged, newest first.
     await console.open("#/jobs?size=1")
     await expect(rows).to_have_count(1)
-    assert await rows.first.get_attribute("data-job-id") == captions["id"]
+    await expect(rows.first).to_have_attribute("data-job-id", captions["id"])
     assert await page.get_by_role("button", name="Newer").is_disabled()
     await page.get_by_role("button", name="Older").click()
     await page.locator(f'tbody tr[data-job-id="{timing["id"]}"]').wait_for()
