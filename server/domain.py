@@ -69,7 +69,6 @@ BATCH_SIZE = 100  # ids per request
 MAX_IDS = 10_000
 MAX_FILTER_LEN = 256
 FORBIDDEN_CHARS = frozenset(';!?<>[]{}()/\\"$#@*^&|~%=+')
-DEFAULTS = Settings()  # what a client made without them takes
 DEFAULT_MAX_ITEM_BYTES = 64 * 1024 * 1024
 TOKEN_MARGIN = 60.0  # seconds before exp a token is renewed (REFRESH_CACHE_TIME in posemesh's auth.rs)
 MAX_PREAMBLE_BYTES = 16 * 1024  # what a multipart body may hold before its first boundary
@@ -516,10 +515,10 @@ class DomainClient:
         api_url: str,
         dds_url: str,
         *,
-        client_id: str = DEFAULTS.client_id,
+        client_id: str = Settings.client_id,
         email: str,
         password: str,
-        timeout: float = DEFAULTS.posemesh_timeout,
+        timeout: float = Settings.posemesh_timeout,
         http: httpx.AsyncClient | None = None,
         token_margin: float = TOKEN_MARGIN,
         login_cooldown: float = 30.0,

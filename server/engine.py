@@ -49,9 +49,6 @@ from server.model_info import ModelInfo
 from server.retry import RetryStrategy
 from server.tokens import TokenEstimator, looks_cut
 
-# An engine made without them takes the node's settings' defaults
-# (OLLAMA_TIMEOUT is per network step, not per whole answer).
-DEFAULTS = Settings()
 SPARE_CONNECTIONS = 4  # beyond the slots: for probes and pulls, which take no slot
 MODEL_INFO_TTL = 60.0  # seconds a model's description is trusted before it is read again
 PULL_RETRY = RetryStrategy(max_attempts=3, wait=2.0)
@@ -84,12 +81,12 @@ class OllamaEngine:
         *,
         vlm_model: str = "",  # empty: the role is served elsewhere (server/engines.py Engines)
         llm_model: str = "",
-        num_parallel: int = DEFAULTS.ollama_num_parallel,
-        timeout: float = DEFAULTS.ollama_timeout,
-        deadline: float = DEFAULTS.ollama_answer_deadline,
-        vlm_num_ctx: int = DEFAULTS.vlm_num_ctx,
-        llm_num_ctx: int = DEFAULTS.llm_num_ctx,
-        pull: bool = DEFAULTS.ollama_pull,
+        num_parallel: int = Settings.ollama_num_parallel,
+        timeout: float = Settings.ollama_timeout,
+        deadline: float = Settings.ollama_answer_deadline,
+        vlm_num_ctx: int = Settings.vlm_num_ctx,
+        llm_num_ctx: int = Settings.llm_num_ctx,
+        pull: bool = Settings.ollama_pull,
         pull_retry: RetryStrategy = PULL_RETRY,
     ):
         self.host = host

@@ -54,7 +54,6 @@ from server.errors import BadInput, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.tokens import TokenEstimator
 
-DEFAULTS = Settings()
 MODEL_INFO_TTL = 60.0  # seconds the server's list of models is trusted before it is read again
 NO_KEY = "EMPTY"  # what vLLM's docs pass when the server wants no key; the client insists on one
 # How a server words a prompt over its context (vLLM serving_engine.py, llama.cpp server.cpp
@@ -102,10 +101,10 @@ class OpenAIEngine:
         role: Role,
         model: str,
         api_key: str = "",
-        slots: int = DEFAULTS.vlm_slots,
-        timeout: float = DEFAULTS.ollama_timeout,
-        deadline: float = DEFAULTS.ollama_answer_deadline,
-        num_ctx: int = DEFAULTS.vlm_num_ctx,
+        slots: int = Settings.vlm_slots,
+        timeout: float = Settings.ollama_timeout,
+        deadline: float = Settings.ollama_answer_deadline,
+        num_ctx: int = Settings.vlm_num_ctx,
     ):
         self.base_url = base_url
         self.role = role
