@@ -32,7 +32,7 @@ from server.config import Settings
 from server.retry import duration
 from vlmnode.v1 import jobs_pb2, jobs_pb2_grpc
 
-DATA_DIR = os.path.join(Settings().data_dir, "demo")
+DATA_DIR = os.path.join(Settings.data_dir, "demo")
 PROMPT = "When was the shelf being restocked with the green box?"
 NODE_START = 120  # seconds the node may take to answer gRPC (a real Ollama may pull its models first)
 # Settings of the caller's environment the demo's node must not take: they
