@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from server.destinations import allowed_host, allowed_network
 from server.origins import allowed_origin
@@ -89,8 +89,16 @@ def _read_bool(name: str, raw: str, s: Spec) -> bool:
 
 
 def _read_url(name: str, raw: str, s: Spec) -> str:
+    try:
+        return http_url(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be {exc}") from None
+
+
+def http_url(raw: str) -> str:
+    """An http(s) URL without its trailing slash; ValueError saying what it must be."""
     if not raw.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+        raise ValueError(f"an http(s) URL, got {raw!r}")
     return raw.rstrip("/")
 
 
@@ -175,8 +183,27 @@ def choice(default: str, doc: str, choices: tuple[str, ...]) -> Any:
     return _setting(default, doc, _read_choice, accepted=" or ".join(f"`{c}`" for c in choices), choices=choices)
 
 
-def entries(default: str, doc: str, check: Callable[[str], object], *, shown: str = "") -> Any:
-    return _setting(default, doc, _read_list, accepted="comma-separated", check=check, shown=shown)
+def entries(default: str, doc: str, check: Callable[[str], object], *, shown: str = "",
+            accepted: str = "comma-separated") -> Any:
+    return _setting(default, doc, _read_list, accepted=accepted, check=check, shown=shown)
+
+
+Role = Literal["VLM", "LLM"]
+ROLES: tuple[Role, ...] = ("VLM", "LLM")
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """One role's engine, as Settings.role reads it from the VLM_* or LLM_* settings."""
+
+    name: Role
+    backend: str  # one of BACKENDS
+    urls: tuple[str, ...]  # its servers, one or more
+    model: str
+    api_key: str
+    api_key_file: str
+    slots: int  # requests each server answers at once
+    num_ctx: int
 
 
 @dataclass(frozen=True)
@@ -234,20 +261,27 @@ class Settings:
     # serves one role with VLM_SLOTS or LLM_SLOTS requests at once.
     vlm_backend: str = choice("ollama", "The API the VLM's server speaks: Ollama's, or OpenAI's (vLLM, SGLang, "
                               "llama-server)", BACKENDS)
-    vlm_base_url: str = url("", "The VLM's server; for `openai` its API root (e.g. `http://vllm:8000/v1`)",
-                            shown="`OLLAMA_HOST`")
+    vlm_base_url: str = entries(
+        "", "The VLM's servers, one or more: for `openai` each one's API root (e.g. `http://vllm:8000/v1`); "
+        "each request goes to the least loaded, and one that fails is left out until it answers again",
+        http_url, shown="`OLLAMA_HOST`", accepted="http(s) URLs, comma-separated",
+    )
     vlm_api_key: str = secret("The API key of the VLM's server (`openai`), if it asks for one")
     vlm_api_key_file: str = path("A file holding `VLM_API_KEY` (e.g. a mounted Secret)")
     vlm_slots: int = count(
-        4, "Requests the VLM's OpenAI-compatible server answers at once (llama-server `-np`, vLLM "
-        "`--max-num-seqs`); the node sends no more per process", unit="requests",
+        4, "Requests each of the VLM's OpenAI-compatible servers answers at once (llama-server `-np`, vLLM "
+        "`--max-num-seqs`); the node sends no more per server and process", unit="requests",
     )
     llm_backend: str = choice("ollama", "The API the LLM's server speaks", BACKENDS)
-    llm_base_url: str = url("", "The LLM's server; for `openai` its API root", shown="`OLLAMA_HOST`")
+    llm_base_url: str = entries(
+        "", "The LLM's servers, one or more: for `openai` each one's API root", http_url, shown="`OLLAMA_HOST`",
+        accepted="http(s) URLs, comma-separated",
+    )
     llm_api_key: str = secret("The API key of the LLM's server (`openai`), if it asks for one")
     llm_api_key_file: str = path("A file holding `LLM_API_KEY`")
     llm_slots: int = count(
-        4, "Requests the LLM's OpenAI-compatible server answers at once; the node sends no more per process",
+        4, "Requests each of the LLM's OpenAI-compatible servers answers at once; the node sends no more per "
+        "server and process",
         unit="requests",
     )
     vlm_max_images: int = count(
@@ -334,17 +368,25 @@ class Settings:
 
     @property
     def caption_concurrency(self) -> int:
-        return self.caption_slots or (self.vlm_slots if self.vlm_backend == "openai" else self.ollama_num_parallel)
+        """Captions a job asks for at once: CAPTION_SLOTS, or every slot of the VLM's servers."""
+        vlm = self.role("VLM")
+        return self.caption_slots or vlm.slots * len(vlm.urls)
 
-    @property
-    def vlm_url(self) -> str:
-        """Where the VLM's server is (VLM_BASE_URL's default)."""
-        return self.vlm_base_url or self.ollama_host
-
-    @property
-    def llm_url(self) -> str:
-        """Where the LLM's server is (LLM_BASE_URL's default)."""
-        return self.llm_base_url or self.ollama_host
+    def role(self, name: "Role") -> "RoleSettings":
+        """The settings of one role's engine, the VLM's or the LLM's."""
+        vlm = name == "VLM"
+        backend = self.vlm_backend if vlm else self.llm_backend
+        base_urls = self.vlm_base_url if vlm else self.llm_base_url
+        return RoleSettings(
+            name=name,
+            backend=backend,
+            urls=tuple(http_url(u) for u in base_urls.split(",")) if base_urls else (self.ollama_host,),
+            model=self.vlm_model if vlm else self.llm_model,
+            api_key=self.vlm_api_key if vlm else self.llm_api_key,
+            api_key_file=self.vlm_api_key_file if vlm else self.llm_api_key_file,
+            slots=(self.vlm_slots if vlm else self.llm_slots) if backend == "openai" else self.ollama_num_parallel,
+            num_ctx=self.vlm_num_ctx if vlm else self.llm_num_ctx,
+        )
 
     @property
     def tls(self) -> bool:
@@ -420,9 +462,9 @@ def _openai_needs_url(s: Settings) -> str | None:
 
 
 def _one_api_key(s: Settings) -> str | None:
-    for role, key, key_file in (("VLM", s.vlm_api_key, s.vlm_api_key_file), ("LLM", s.llm_api_key, s.llm_api_key_file)):
-        if key and key_file:
-            return f"{role}_API_KEY and {role}_API_KEY_FILE both give the key: set one or neither"
+    for role in map(s.role, ROLES):
+        if role.api_key and role.api_key_file:
+            return f"{role.name}_API_KEY and {role.name}_API_KEY_FILE both give the key: set one or neither"
     return None
 
 

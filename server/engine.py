@@ -88,6 +88,7 @@ class OllamaEngine:
         llm_num_ctx: int = Settings.llm_num_ctx,
         pull: bool = Settings.ollama_pull,
         pull_retry: RetryStrategy = PULL_RETRY,
+        tokens: dict[str, TokenEstimator] | None = None,  # shared by the servers of one model (server/pool.py)
     ):
         self.host = host
         self.vlm_model = vlm_model
@@ -108,7 +109,9 @@ class OllamaEngine:
         self._slots: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(num_parallel))
         self._described: dict[str, tuple[float, ModelInfo]] = {}
         self._pulls: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.tokens: dict[str, TokenEstimator] = defaultdict(TokenEstimator)  # by full model name
+        self.tokens: dict[str, TokenEstimator] = (  # by full model name
+            defaultdict(TokenEstimator) if tokens is None else tokens
+        )
 
     async def __aenter__(self) -> "OllamaEngine":
         return self
@@ -118,6 +121,9 @@ class OllamaEngine:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    def pinned(self) -> "OllamaEngine":
+        return self  # one server: a stream's requests all go to it
 
     # -- models ------------------------------------------------------------------------
     async def describe(self, model: str) -> ModelInfo:

@@ -1,9 +1,8 @@
 """What the node asks of a model server, whichever API it speaks: `Engine`,
 met by Ollama's native API (server/engine.py) and by the OpenAI-compatible
 Chat Completions API of vLLM, SGLang or llama-server (server/openai_engine.py);
-the answers they give (`Chunk`, `Answer`); and `Engines`, the node's two roles,
-the VLM (realtime streams, captions) and the LLM (a job's structured answer),
-each on its own engine or both on one. server/peers.py builds them.
+and the answers they give (`Chunk`, `Answer`). server/pool.py puts the servers
+of one role behind one Engine; server/peers.py builds them.
 """
 
 import contextlib
@@ -127,27 +126,8 @@ class Engine(Protocol):
         """At start: the models there (pulled where the server can), fit for their work; returns those pulled."""
         ...
 
+    def pinned(self) -> "Engine":
+        """The engine for one realtime stream: its requests go to one server while that one is well."""
+        ...
+
     async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Engines:
-    """The VLM's engine and the LLM's: the same object when one server holds both."""
-
-    vlm: Engine
-    llm: Engine
-
-    @property
-    def distinct(self) -> list[Engine]:
-        return [self.vlm] if self.llm is self.vlm else [self.vlm, self.llm]
-
-    async def ready(self) -> None:
-        for engine in self.distinct:
-            await engine.ready()
-
-    async def check_models(self) -> list[str]:
-        return [model for engine in self.distinct for model in await engine.check_models()]
-
-    async def aclose(self) -> None:
-        for engine in self.distinct:
-            await engine.aclose()

@@ -6,14 +6,14 @@ import logging
 import signal
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server import images
 from server.auth import BearerAuthInterceptor, Tokens
 from server.config import Settings
 from server.destinations import Destinations
-from server.health_monitor import HealthMonitor
+from server.health_monitor import HealthMonitor, HealthServicer
 from server.inference_service import InferenceService
 from server.job_service import JobService
 from server.job_watcher import JobWatcher
@@ -42,7 +42,7 @@ class NodeServer:
         self.watcher = JobWatcher(self.store)
         self.domain = domain_client(settings)
         self.engines = engines(settings)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.monitor = HealthMonitor(
             self.health, self.store, self.engines, jobs_service=JOB_SERVICE, inference_service=INFERENCE_SERVICE
         )

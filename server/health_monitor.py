@@ -2,7 +2,9 @@
 database answers, InferenceService while the model servers do. The bridge's /ready
 reads these, so it never has to reach the database or a model server itself.
 They serve only when both models are there and fit for their work (the
-VLM sees images).
+VLM sees images). Each model server has a status of its own too, named
+`server_service(inference_service, role, url)`, serving while it is in
+(server/pool.py); the bridge finds them through the protocol's List.
 
 The database is probed often, and at once when a call lost its connection
 (the store's `trouble`); while it is down, faster still, so that /ready and
@@ -14,10 +16,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from server.background import BackgroundDuty
-from server.engines import Engines
+from server.pool import Engines
 from server.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,32 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Probe = Callable[[], Awaitable[object]]
 
 
+def server_service(inference_service: str, role: str, url: str) -> str:
+    """The health service name of one model server."""
+    return f"{inference_service}/{role}/{url}"
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpcio's servicer with the health protocol's List (grpc/grpc-proto
+    grpc/health/v1/health.proto), which grpcio's lacks: each service set,
+    with its status as Check gives it (so NOT_SERVING once shutting down)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: set[str] = {""}
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        self._names.add(service)
+        await super().set(service, status)
+
+    async def List(  # noqa: N802 (the protocol's name)
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(statuses={
+            name: await self.Check(health_pb2.HealthCheckRequest(service=name), context) for name in sorted(self._names)
+        })
+
+
 class HealthMonitor(BackgroundDuty):
     name = "health-monitor"
 
@@ -46,12 +75,14 @@ class HealthMonitor(BackgroundDuty):
         store.fail_fast = True
         self.jobs_service = jobs_service
         self.inference_service = inference_service
+        self.engines = engines
         self.checks: dict[str, Probe] = {jobs_service: store.ping, inference_service: engines.ready}
         self._last: dict[str, int] = {}
 
     async def check_once(self) -> None:
         for service, probe in self.checks.items():
             await self._check(service, probe)
+        await self._publish_servers()
 
     async def _check(self, service: str, probe: Probe) -> int:
         try:
@@ -83,7 +114,14 @@ class HealthMonitor(BackgroundDuty):
     async def _watch_ollama(self) -> None:
         while True:
             await self._check(self.inference_service, self.checks[self.inference_service])
+            await self._publish_servers()
             await asyncio.sleep(OLLAMA_INTERVAL)
+
+    async def _publish_servers(self) -> None:
+        """Each model server's status, as the pools found it (engines.ready just asked each)."""
+        for role, server in self.engines.servers():
+            await self.servicer.set(server_service(self.inference_service, role, server.shown),
+                                    NOT_SERVING if server.out else SERVING)
 
     async def run(self) -> None:
         await asyncio.gather(self._watch_database(), self._watch_ollama())

@@ -39,7 +39,7 @@ class InferenceService(inference_pb2_grpc.InferenceServiceServicer):
         settings = stream_settings(
             first.config, self.limits, default_model=self.default_model, default_batch=self.default_batch
         )
-        session = Session(self.engine, settings, self.limits)
+        session = Session(self.engine.pinned(), settings, self.limits)
         logs.stream_id.set(uuid.uuid4().hex[:12])  # on this stream's log lines
         reader = asyncio.create_task(self._read(requests, session))
         metrics.STREAMS.inc()

@@ -24,6 +24,18 @@ OLLAMA_SLOT_WAIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 OLLAMA_ERRORS = Counter("vlmnode_ollama_errors_total", "Ollama requests that failed", ["model", "code"])
+# Each model server of a role (server/pool.py); `server` is its URL without a password.
+MODEL_SERVER_UP = Gauge(
+    "vlmnode_model_server_up", "1 while a model server takes requests, 0 while it is out after failing",
+    ["role", "server"],
+)
+MODEL_SERVER_IN_FLIGHT = Gauge(
+    "vlmnode_model_server_in_flight", "Requests in flight to a model server, waiting for a slot included",
+    ["role", "server"],
+)
+MODEL_SERVER_TAKEN_OUT = Counter(
+    "vlmnode_model_server_taken_out_total", "Times a model server was taken out after failing", ["role", "server"]
+)
 STREAMS = Gauge("vlmnode_realtime_streams", "Realtime Infer streams open")
 FRAMES = Counter("vlmnode_frames_received_total", "Frames received on realtime streams")
 FRAMES_DROPPED = Counter("vlmnode_frames_dropped_total", "Frames dropped because the model was busy")

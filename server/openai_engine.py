@@ -41,14 +41,14 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 import openai
 import pydantic
 
 from server import metrics
-from server.config import Settings
+from server.config import Role, Settings
 from server.engines import ANSWER_RESERVE, Answer, AnswerFormat, Chunk, causes, counting_errors, json_object, too_long
 from server.errors import BadInput, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
@@ -63,9 +63,6 @@ OVERFLOW_MARKERS = ("maximum context length", "exceeds the available context", "
 # the others (num_ctx, num_keep, ...) are the server's own business.
 OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop"}
 TRANSIENT_REFUSALS = (408, 429)  # 4xx that say "not now": a timeout, or too many requests (KServe, gateways)
-
-Role = Literal["VLM", "LLM"]
-
 
 def _rfc3339(created: int) -> str:
     return datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z") if created > 0 else ""
@@ -105,6 +102,7 @@ class OpenAIEngine:
         timeout: float = Settings.ollama_timeout,
         deadline: float = Settings.ollama_answer_deadline,
         num_ctx: int = Settings.vlm_num_ctx,
+        tokens: dict[str, TokenEstimator] | None = None,  # shared by the servers of one model (server/pool.py)
     ):
         self.base_url = base_url
         self.role = role
@@ -117,7 +115,7 @@ class OpenAIEngine:
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0)
         self._slots = asyncio.Semaphore(slots)
         self._listed: tuple[float, dict[str, ModelInfo]] | None = None
-        self.tokens: dict[str, TokenEstimator] = defaultdict(TokenEstimator)
+        self.tokens: dict[str, TokenEstimator] = defaultdict(TokenEstimator) if tokens is None else tokens
 
     @property
     def name(self) -> str:
@@ -131,6 +129,9 @@ class OpenAIEngine:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    def pinned(self) -> "OpenAIEngine":
+        return self  # one server: a stream's requests all go to it
 
     # -- models ------------------------------------------------------------------------
     async def _models(self, *, fresh: bool = False) -> dict[str, ModelInfo]:

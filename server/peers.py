@@ -2,14 +2,17 @@
 posemesh) from settings; shared by the server and the worker."""
 
 import logging
+from collections import defaultdict
 from pathlib import Path
 
-from server.config import Settings
+from server.config import RoleSettings, Settings
 from server.domain import DomainClient
 from server.engine import OllamaEngine
-from server.engines import Engine, Engines
+from server.engines import Engine
 from server.errors import NodeError
 from server.openai_engine import OpenAIEngine
+from server.pool import Engines, Pool
+from server.tokens import TokenEstimator
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +30,8 @@ def domain_client(settings: Settings) -> DomainClient | None:
     )
 
 
-def ollama_engine(settings: Settings, host: str, *, vlm: bool = True, llm: bool = True) -> OllamaEngine:
+def ollama_engine(settings: Settings, host: str, *, vlm: bool = True, llm: bool = True,
+                  tokens: dict[str, TokenEstimator] | None = None) -> OllamaEngine:
     """The Ollama at `host`, serving the roles asked for."""
     return OllamaEngine(
         host,
@@ -39,43 +43,47 @@ def ollama_engine(settings: Settings, host: str, *, vlm: bool = True, llm: bool 
         vlm_num_ctx=settings.vlm_num_ctx,
         llm_num_ctx=settings.llm_num_ctx,
         pull=settings.ollama_pull,
+        tokens=tokens,
     )
 
 
-def _api_key(key: str, key_file: str) -> str:
-    return Path(key_file).read_text().strip() if key_file else key
-
-
-def openai_engine(settings: Settings, role: str) -> OpenAIEngine:
-    vlm = role == "VLM"
+def openai_engine(settings: Settings, role: RoleSettings, url: str,
+                  tokens: dict[str, TokenEstimator] | None = None) -> OpenAIEngine:
     return OpenAIEngine(
-        settings.vlm_url if vlm else settings.llm_url,
-        role="VLM" if vlm else "LLM",
-        model=settings.vlm_model if vlm else settings.llm_model,
-        api_key=_api_key(settings.vlm_api_key, settings.vlm_api_key_file) if vlm
-        else _api_key(settings.llm_api_key, settings.llm_api_key_file),
-        slots=settings.vlm_slots if vlm else settings.llm_slots,
+        url,
+        role=role.name,
+        model=role.model,
+        api_key=Path(role.api_key_file).read_text().strip() if role.api_key_file else role.api_key,
+        slots=role.slots,
         timeout=settings.ollama_timeout,
         deadline=settings.ollama_answer_deadline,
-        num_ctx=settings.vlm_num_ctx if vlm else settings.llm_num_ctx,
+        num_ctx=role.num_ctx,
+        tokens=tokens,
     )
+
+
+def _pool(settings: Settings, role: RoleSettings, *, both: bool = False) -> Pool:
+    """The role's servers as one engine; `both`: Ollamas serving the VLM and the LLM."""
+    tokens: dict[str, TokenEstimator] = defaultdict(TokenEstimator)
+    servers: list[tuple[str, Engine, int]] = []
+    for url in role.urls:
+        if role.backend == "openai":
+            servers.append((url, openai_engine(settings, role, url, tokens), role.slots))
+        else:
+            ollama = ollama_engine(settings, url, vlm=both or role.name == "VLM", llm=both or role.name == "LLM",
+                                   tokens=tokens)
+            servers.append((url, ollama, role.slots * (2 if both else 1)))  # Ollama's slots are per model
+    return Pool("VLM+LLM" if both else role.name, servers, tokens)
 
 
 def engines(settings: Settings) -> Engines:
-    """One engine per role; one Ollama for both when both are on the same one, so
-    that its slots per model and its connections are shared as Ollama's are."""
-    if settings.vlm_backend == settings.llm_backend == "ollama" and settings.vlm_url == settings.llm_url:
-        both = ollama_engine(settings, settings.vlm_url)
+    """One engine per role; one for both when both are on the same Ollamas, so
+    that each one's slots per model and its connections are shared as Ollama's are."""
+    vlm, llm = settings.role("VLM"), settings.role("LLM")
+    if vlm.backend == llm.backend == "ollama" and vlm.urls == llm.urls:
+        both = _pool(settings, vlm, both=True)
         return Engines(vlm=both, llm=both)
-    vlm: Engine = (
-        openai_engine(settings, "VLM") if settings.vlm_backend == "openai"
-        else ollama_engine(settings, settings.vlm_url, llm=False)
-    )
-    llm: Engine = (
-        openai_engine(settings, "LLM") if settings.llm_backend == "openai"
-        else ollama_engine(settings, settings.llm_url, vlm=False)
-    )
-    return Engines(vlm=vlm, llm=llm)
+    return Engines(vlm=_pool(settings, vlm), llm=_pool(settings, llm))
 
 
 async def check_engines(engines: Engines, program: str) -> bool:

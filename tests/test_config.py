@@ -127,15 +127,29 @@ def test_settings_that_fit_together_pass():
 
 def test_each_role_has_its_own_engine_settings_and_ollama_is_the_default():
     s = Settings.from_env({})
-    assert (s.vlm_backend, s.llm_backend, s.vlm_url, s.llm_url) == ("ollama", "ollama", s.ollama_host, s.ollama_host)
-    assert s.caption_concurrency == s.ollama_num_parallel == 1
+    vlm, llm = s.role("VLM"), s.role("LLM")
+    assert (vlm.backend, llm.backend, vlm.urls, llm.urls) == ("ollama", "ollama", (s.ollama_host,), (s.ollama_host,))
+    assert (vlm.model, llm.model, vlm.num_ctx, llm.num_ctx) == (s.vlm_model, s.llm_model, s.vlm_num_ctx, s.llm_num_ctx)
+    assert s.caption_concurrency == vlm.slots == s.ollama_num_parallel == 1
     s = Settings.from_env({"VLM_BACKEND": "openai", "VLM_BASE_URL": "http://vllm:8000/v1/", "VLM_SLOTS": "16",
                            "LLM_BASE_URL": "http://other-ollama:11434", "LLM_API_KEY": "sk-1"})
-    assert (s.vlm_backend, s.vlm_url, s.llm_backend, s.llm_url) == (
-        "openai", "http://vllm:8000/v1", "ollama", "http://other-ollama:11434")
-    assert s.caption_concurrency == 16 and s.llm_api_key == "sk-1"  # a job's captions fill the VLM's slots
+    vlm, llm = s.role("VLM"), s.role("LLM")
+    assert (vlm.backend, vlm.urls, vlm.slots, llm.backend, llm.urls, llm.api_key) == (
+        "openai", ("http://vllm:8000/v1",), 16, "ollama", ("http://other-ollama:11434",), "sk-1")
+    assert s.caption_concurrency == 16  # a job's captions fill the VLM's slots
     with pytest.raises(ConfigError, match="VLM_BACKEND must be one of ollama, openai, got 'vllm'"):
         Settings.from_env({"VLM_BACKEND": "vllm"})
+
+
+def test_a_role_may_list_many_servers_and_a_job_fills_the_slots_of_all():
+    s = Settings.from_env({"VLM_BACKEND": "openai", "VLM_SLOTS": "8",
+                           "VLM_BASE_URL": " http://vllm-0:8000/v1, http://vllm-1:8000/v1/ ,,http://vllm-2:8000/v1"})
+    assert s.role("VLM").urls == ("http://vllm-0:8000/v1", "http://vllm-1:8000/v1", "http://vllm-2:8000/v1")
+    assert s.caption_concurrency == 24
+    assert Settings.from_env({"LLM_BASE_URL": "http://a:11434,http://b:11434"}).role("LLM").urls == (
+        "http://a:11434", "http://b:11434")
+    with pytest.raises(ConfigError, match="VLM_BASE_URL: an http\\(s\\) URL, got 'vllm-1:8000'"):
+        Settings.from_env({"VLM_BASE_URL": "http://vllm-0:8000/v1,vllm-1:8000"})
 
 
 @pytest.mark.parametrize("module", ["server.main", "worker.main", "server.bridge.main", "server.node"])

@@ -239,6 +239,9 @@ class ReadyEngine:
     async def ready(self) -> None:
         pass
 
+    def servers(self) -> list:
+        return []
+
 
 async def test_a_watch_ends_unavailable_when_the_outage_outlasts_its_limit(proxied_url, proxy, monkeypatch):
     """`watch_outage_limit` (WATCH_OUTAGE_LIMIT) bounds the ride."""

@@ -221,10 +221,14 @@ async def test_the_roles_share_one_ollama_unless_told_apart(settings, fake_opena
     from server.engine import OllamaEngine
 
     same = engines(settings)
-    assert same.vlm is same.llm and isinstance(same.vlm, OllamaEngine)
+    [(role, both)] = list(same.servers())
+    assert same.vlm is same.llm and role == "VLM+LLM" and isinstance(both.engine, OllamaEngine)
+    assert (both.engine.vlm_model, both.engine.llm_model) == (settings.vlm_model, settings.llm_model)
     mixed = engines(dataclasses.replace(settings, vlm_backend="openai", vlm_base_url=fake_openai.url, vlm_model=VLM))
-    assert isinstance(mixed.vlm, OpenAIEngine) and isinstance(mixed.llm, OllamaEngine)
-    assert mixed.llm.host == settings.ollama_host and mixed.llm.vlm_model == ""  # it serves the LLM alone
+    [(vlm_role, vlm), (llm_role, llm)] = list(mixed.servers())
+    assert (vlm_role, llm_role) == ("VLM", "LLM")
+    assert isinstance(vlm.engine, OpenAIEngine) and isinstance(llm.engine, OllamaEngine)
+    assert llm.url == settings.ollama_host and llm.engine.vlm_model == ""  # it serves the LLM alone
     await mixed.ready()  # each role's model on its own server
     for built in (same, mixed):
         await built.aclose()

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 from server.config import Settings
 from server.domain import DomainClient
-from server.engines import Engines
 from server.job_status import Status
 from server.jobs import TASK_TIMING, VLM_ONLY, JobInput
+from server.pool import Engines
 from worker.captions import CaptionContext, caption_images
 from worker.task_timing import decide, reply, task_output, timeline_csv
 

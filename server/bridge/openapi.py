@@ -570,6 +570,20 @@ SPEC: dict = {
                         "description": "grpc, postgres, ollama: serving, not_serving, unreachable, ...",
                         "additionalProperties": {"type": "string"},
                     },
+                    "model_servers": {
+                        "type": "array",
+                        "description": "Each model server: serving, or not_serving while it is taken out after "
+                                       "failing (the node is ready while each role has one serving).",
+                        "items": {
+                            "type": "object",
+                            "required": ["role", "url", "status"],
+                            "properties": {
+                                "role": {"enum": ["VLM", "LLM", "VLM+LLM"]},
+                                "url": {"type": "string"},
+                                "status": {"type": "string"},
+                            },
+                        },
+                    },
                 },
             },
             "Error": {
