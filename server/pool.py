@@ -116,9 +116,9 @@ class Pool:
         candidates = live or untried
         if not candidates:
             return None
-        self._turn += 1
         n = len(self.servers)
         chosen = min(candidates, key=lambda s: (s.load, (s.index - self._turn) % n))
+        self._turn += 1
         if pin:
             pin.server = chosen
         return chosen
@@ -143,7 +143,9 @@ class Pool:
             tried.append(server)
             try:
                 with self._busy(server):
-                    return await ask(server.engine)
+                    result = await ask(server.engine)
+                self._put_back(server)  # an answer is as good as a probe's
+                return result
             except NodeError as exc:
                 if not server_fault(exc):
                     raise
@@ -225,6 +227,7 @@ class Pool:
                         async for chunk in chunks:
                             answered = True
                             yield chunk
+                self._put_back(server)
                 return
             except NodeError as exc:
                 if not server_fault(exc):

@@ -2,6 +2,7 @@
 against the fake Ollama."""
 
 import asyncio
+import base64
 import dataclasses
 
 import grpc
@@ -116,6 +117,38 @@ async def test_a_stream_on_an_openai_server_takes_one_image_unless_told_more(inf
         assert last.model == "Qwen/Qwen2.5-VL-3B-Instruct" and last.metrics.eval_count > 0
         assert fake_openai.requests[-1]["images"] == images
         call.cancel()
+
+
+async def test_a_stream_keeps_to_one_of_several_servers_and_moves_when_it_stops(infer_node):
+    """VLM_BASE_URL listing two servers: each stream's batches go to one of
+    them (two streams, one each), and to the other once its own stops."""
+    from devpeers.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        stub = await infer_node(vlm_backend="openai", vlm_base_url=f"{a.url},{b.url}",
+                                vlm_model="Qwen/Qwen2.5-VL-3B-Instruct")
+        streams = {"red": stub.Infer(), "blue": stub.Infer()}  # each sends frames of its colour
+        for call in streams.values():
+            await call.write(config(prompt="What colour?", batch_size=1))
+
+        async def answered(colour: str) -> None:
+            await streams[colour].write(frame(colour))
+            text, _ = await read_answer(streams[colour])
+            assert text == f"a 64x48 image, mostly {colour}"
+
+        def colours(server: FakeOpenAI) -> set[str]:
+            return {"red" if r["image_urls"][0] == red else "blue" for r in server.requests}
+
+        red = "data:image/jpeg;base64," + base64.b64encode(solid_jpeg("red")).decode()
+        for colour in ("red", "red", "blue") * 3:  # taken in turn, the servers would each see both colours
+            await answered(colour)
+        assert (len(a.requests), colours(a), len(b.requests), colours(b)) == (6, {"red"}, 3, {"blue"})
+        a.stop()
+        for colour in ("red", "blue", "red"):
+            await answered(colour)
+        assert (len(b.requests), colours(b)) == (6, {"red", "blue"})
+        for call in streams.values():
+            call.cancel()
 
 
 async def test_the_newest_frame_policy_answers_about_the_last_frame(infer_node, fake_ollama):
