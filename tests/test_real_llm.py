@@ -4,8 +4,8 @@ OpenAI-compatible API met by the node's OpenAI engine with nothing faked but
 the VLM (no vision model can be had here: captions come from the fake
 Ollama). The model is small and not instruction-tuned, so what is checked is
 the plumbing: a schema-shaped answer parsed and checked against the
-timeline, a slot freed the moment a stream is dropped, a text-only model
-refused as a VLM."""
+timeline, a slot freed the moment a stream is dropped, the work of a server
+killed mid-answer moved to another, a text-only model refused as a VLM."""
 
 import asyncio
 import dataclasses
@@ -62,3 +62,35 @@ async def test_the_real_text_model_as_the_vlm_stops_the_worker_in_one_line(setti
     said = stderr.decode()
     assert worker.returncode == 1 and "Traceback" not in said
     assert said.strip().splitlines()[-1].startswith(f"vlm-node-worker: VLM_MODEL {MODEL_ALIAS} cannot see images: ")
+
+
+async def test_two_real_servers_one_killed_mid_run_and_the_work_moves_to_the_other(llama_server):
+    """Four structured answers over two llama-servers of two slots, two on
+    each; the second is killed while it decodes its two: they are asked again
+    of the first, and all four come back whole. The dead one is out until a
+    probe finds it."""
+    from devpeers.llama_server import LlamaServer
+    from server.config import Settings
+    from server.peers import engines
+
+    schema = {"type": "object", "properties": {"story": {"type": "string", "minLength": 200, "maxLength": 300}},
+              "required": ["story"]}
+    with LlamaServer(slots=2) as second:
+        built = engines(Settings(
+            llm_backend="openai", llm_base_url=f"{llama_server.url}/v1,{second.url}/v1", llm_model=MODEL_ALIAS,
+            llm_slots=2, llm_num_ctx=SLOT_CONTEXT,
+        ))
+        try:
+            asked = [
+                asyncio.create_task(built.llm.complete_json(
+                    "Tell a story about a shop.", schema, options={"num_predict": 400, "temperature": 0}))
+                for _ in range(4)
+            ]
+            await wait_for(lambda: second.slots_busy() == 2, timeout=60, every=0.05)
+            second.kill()
+            answers = await asyncio.wait_for(asyncio.gather(*asked), timeout=240)
+            assert all(200 <= len(a["story"]) <= 300 for a in answers)
+            first, gone = built.llm.servers
+            assert not first.out and gone.out.startswith("the LLM's OpenAI-compatible server")
+        finally:
+            await built.aclose()
