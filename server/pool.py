@@ -159,9 +159,9 @@ class Pool:
             server.out = exc.message
             return
         server.out = exc.message
-        others = "requests go to the others while" if len(self.servers) > 1 else "until"
-        log.warning("the %s's server at %s is taken out: %s; %s it answers a probe",
-                    self.role, server.shown, exc.message, others)
+        if len(self.servers) > 1:  # one server's state is the role's, which the health monitor says
+            log.warning("the %s's server at %s is taken out: %s; requests go to the others until it answers a probe",
+                        self.role, server.shown, exc.message)
         metrics.MODEL_SERVER_UP.labels(self.role, server.shown).set(0)
         metrics.MODEL_SERVER_TAKEN_OUT.labels(self.role, server.shown).inc()
         if server.probe is None or server.probe.done():
@@ -171,7 +171,8 @@ class Pool:
         if not server.out:
             return
         server.out = ""
-        log.info("the %s's server at %s answers again and is back in", self.role, server.shown)
+        if len(self.servers) > 1:
+            log.info("the %s's server at %s answers again and is back in", self.role, server.shown)
         metrics.MODEL_SERVER_UP.labels(self.role, server.shown).set(1)
         if server.probe is not None and server.probe is not asyncio.current_task():
             server.probe.cancel()
