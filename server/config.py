@@ -304,7 +304,8 @@ class Settings:
         0, "Images one process decodes at once; `0`: one per core it may use", unit="images", lo=0
     )
     caption_slots: int = count(
-        0, "Images captioned at once within a job; `0`: the VLM's slots (`OLLAMA_NUM_PARALLEL` or `VLM_SLOTS`)",
+        0, "Images captioned at once within a job; `0`: the slots of all the VLM's servers (`OLLAMA_NUM_PARALLEL` "
+        "or `VLM_SLOTS` each)",
         unit="images", lo=0
     )
     job_max_images: int = count(1000, "Images one job may take", unit="images")
