@@ -134,15 +134,16 @@ class Pool:
             server.in_flight -= 1
             gauge.dec()
 
-    async def _call(self, ask: Callable[[Engine], Awaitable[T]], pin: Pin | None = None) -> T:
-        """`ask` of the chosen server; on a server's failure, of another."""
+    async def _call(self, ask: Callable[[Engine], Awaitable[T]], pin: Pin | None = None, *, answer: bool = True) -> T:
+        """`ask` of the chosen server; on a server's failure, of another. `answer`: it
+        takes a slot, and counts in the server's load (a model's description does not)."""
         tried: list[Server] = []
         while True:
             server = self._choose(tried, pin)
             assert server is not None  # one is left untried (checked below)
             tried.append(server)
             try:
-                with self._busy(server):
+                with self._busy(server) if answer else contextlib.nullcontext():
                     result = await ask(server.engine)
                 self._put_back(server)  # an answer is as good as a probe's
                 return result
@@ -192,14 +193,15 @@ class Pool:
 
     # -- the Engine's methods ------------------------------------------------------------
     async def describe(self, model: str, pin: Pin | None = None) -> ModelInfo:
-        return await self._call(lambda e: e.describe(model), pin)
+        return await self._call(lambda e: e.describe(model), pin, answer=False)
 
     async def window(self, model: str) -> int:
-        return await self._call(lambda e: e.window(model))
+        return await self._call(lambda e: e.window(model), answer=False)
 
     async def fits(self, model: str, prompt: str, images: int = 0, *, answer_tokens: int | None = None,
                    pin: Pin | None = None) -> bool:
-        return await self._call(lambda e: e.fits(model, prompt, images, answer_tokens=answer_tokens), pin)
+        return await self._call(lambda e: e.fits(model, prompt, images, answer_tokens=answer_tokens), pin,
+                                answer=False)
 
     async def caption(self, image_jpeg: bytes, prompt: str, *, options: dict | None = None) -> str:
         return await self._call(lambda e: e.caption(image_jpeg, prompt, options=options))
