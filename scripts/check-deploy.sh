@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a container engine or a cluster:
 #   1. hadolint on the Dockerfile
-#   2. docker-compose config -q, with the cpu (default) and gpu profiles, and
-#      with the token file and TLS certificate given as Compose secrets
+#   2. docker-compose config -q, with the cpu (default), gpu and vllm profiles,
+#      and with the token file and TLS certificate given as Compose secrets
 #   3. helm lint, and helm template for several sets of values: the defaults,
 #      the README's install, bearer tokens from a created or an existing
 #      Secret, TLS, the ServiceMonitor, worker autoscaling in each mode (plus
@@ -122,6 +122,7 @@ if [[ ! -e .env.local ]]; then  # the secrets file is not committed; compose nee
 fi
 docker-compose config -q || fail "docker-compose.yml is invalid"
 docker-compose --profile gpu config -q || fail "docker-compose.yml is invalid with the gpu profile"
+docker-compose --profile vllm config -q || fail "docker-compose.yml is invalid with the vllm profile"
 docker-compose config > "$RENDER/compose.yaml" || fail "docker-compose config"
 # Tokens from a file and TLS: the secrets name real files (their content does not matter here).
 mkdir -p "$WORK/secrets"
@@ -131,7 +132,7 @@ printf 't0k\n' > "$WORK/secrets/tokens"
 SECRETS_ENV=(AUTH_TOKENS_SECRET="$WORK/secrets/tokens" TLS_CERT_SECRET="$WORK/secrets/tls.crt" TLS_KEY_SECRET="$WORK/secrets/tls.key")
 env "${SECRETS_ENV[@]}" docker-compose config -q || fail "docker-compose.yml is invalid with the secrets set"
 env "${SECRETS_ENV[@]}" docker-compose config > "$RENDER/compose-secrets.yaml" || fail "docker-compose config (secrets)"
-echo "docker-compose.yml: valid (cpu and gpu profiles; secrets unset and set)"
+echo "docker-compose.yml: valid (cpu, gpu and vllm profiles; secrets unset and set)"
 
 # -- Helm ----------------------------------------------------------------------
 step "helm lint"

@@ -418,3 +418,68 @@ async def test_the_chart_counts_the_jobs_the_node_counts(check, store, database_
     held = sum(by_status.get(status, 0) for status in HELD)
     assert (due, held) == (2, 5), "the rows above: due pending, and held"
     assert counted == due + held
+
+
+def run_compose_script(service: dict, env: dict[str, str], tmp_path: Path, fake: str) -> subprocess.CompletedProcess:
+    """A Compose service's `sh -c` command, run here with `fake` (a program
+    that prints its arguments one a line) on PATH in place of the image's."""
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    (tmp_path / fake).write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    (tmp_path / fake).chmod(0o755)
+    script = service["command"][0].replace("$$", "$")  # Compose's escape, as `config` prints it
+    return subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+VLLM_LINES = {  # .env's lines for .env.local
+    "VLM_BACKEND": "openai", "VLM_BASE_URL": "http://vllm:8000/v1", "VLM_MODEL": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "VLM_SLOTS": "16", "VLM_MAX_IMAGES": "4", "VLM_NUM_CTX": "8192",
+}
+
+
+def test_env_names_the_lines_the_vllm_profile_needs():
+    commented = dict(line.lstrip("# ").split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+                     if line.startswith("#   VLM_"))
+    assert commented == VLLM_LINES
+    settings = Settings.from_env(commented)  # lines the node takes
+    assert (settings.vlm_backend, settings.caption_concurrency) == ("openai", 16)
+
+
+def test_compose_vllm_profile_starts_vllm_from_the_node_settings(check, tmp_path):
+    services = render(check, "compose")[0]["services"]
+    vllm = services["vllm"]
+    assert vllm["profiles"] == ["vllm"]
+    assert vllm["image"] == "vllm/vllm-openai:v0.10.1.1"
+    assert vllm["deploy"] == services["ollama-gpu"]["deploy"], "the GPU reserved as for the gpu profile"
+    assert "/root/.cache/huggingface" in " ".join(vllm["volumes"])
+    assert "http://127.0.0.1:8000/health" in " ".join(vllm["healthcheck"]["test"])
+    assert vllm["environment"]["VLM_MODEL"] == services["server"]["environment"]["VLM_MODEL"], \
+        "vLLM reads the node's own files (.env, .env.local)"
+
+    args = run_compose_script(vllm, {**VLLM_LINES, "VLM_BASE_URL": "http://gpu2:8000/v1,http://vllm:8000/v1"},
+                              tmp_path, "vllm")
+    assert args.returncode == 0, args.stderr
+    argv = args.stdout.splitlines()
+    flag = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    assert argv[:2] == ["serve", VLLM_LINES["VLM_MODEL"]], "served under the name the node asks for"
+    assert flag["--max-num-seqs"] == VLLM_LINES["VLM_SLOTS"], "the node sends no more than vLLM runs at once"
+    assert json.loads(flag["--limit-mm-per-prompt"]) == {"image": int(VLLM_LINES["VLM_MAX_IMAGES"])}
+    assert flag["--max-model-len"] == VLLM_LINES["VLM_NUM_CTX"]
+    assert "--api-key" not in flag
+    keyed = run_compose_script(vllm, {**VLLM_LINES, "VLM_API_KEY": "sk-1"}, tmp_path, "vllm")
+    assert {"--api-key", "sk-1"} <= set(keyed.stdout.splitlines()), "the key the node sends is the one vLLM wants"
+
+    # Without the node pointed at it (or with an Ollama tag for a model), vLLM does not start, and says why.
+    for env in ({}, {**VLLM_LINES, "VLM_MODEL": "moondream:1.8b"}, {**VLLM_LINES, "VLM_MAX_IMAGES": "0"},
+                {k: v for k, v in VLLM_LINES.items() if k != "VLM_SLOTS"}):
+        refused = run_compose_script(vllm, env, tmp_path, "vllm")
+        assert refused.returncode == 1 and not refused.stdout, env
+        assert "put in .env.local (see .env): VLM_BACKEND=openai" in refused.stderr
+
+
+def test_compose_pulls_only_the_models_ollama_serves(check, tmp_path):
+    pull = render(check, "compose")[0]["services"]["ollama-pull"]
+    both = run_compose_script(pull, {"VLM_MODEL": "moondream:1.8b", "LLM_MODEL": "llama3:latest"}, tmp_path, "ollama")
+    assert both.returncode == 0 and both.stdout.splitlines() == ["pull", "moondream:1.8b", "pull", "llama3:latest"]
+    llm_only = run_compose_script(pull, {**VLLM_LINES, "LLM_MODEL": "llama3:latest"}, tmp_path, "ollama")
+    assert llm_only.returncode == 0 and llm_only.stdout.splitlines() == ["pull", "llama3:latest"]
