@@ -223,17 +223,18 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
-{{/* The engines: each role's model server (VLM_*, LLM_* settings). Call
-with (dict "root" $ "role" "vlm"). */}}
+{{/* The release's Ollama (its Service, Deployment or StatefulSet), and the
+headless Service naming each pod of several replicas. */}}
 {{- define "vlm-node.ollama.fullname" -}}
 {{- printf "%s-ollama" (include "vlm-node.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* The headless Service naming each pod of several Ollama replicas. */}}
 {{- define "vlm-node.ollama.headless" -}}
 {{- printf "%s-ollama-headless" (include "vlm-node.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The engines: each role's model server (VLM_*, LLM_* settings). Call
+with (dict "root" $ "role" "vlm"). */}}
 {{- define "vlm-node.engine.onReleaseOllama" -}}
 {{- $e := index .root.Values.engines .role }}
 {{- if and .root.Values.ollama.enabled (eq $e.backend "ollama") (not $e.baseUrls) }}true{{ end }}
@@ -263,7 +264,7 @@ with (dict "root" $ "role" "vlm"). */}}
 {{- printf "%s-engines" (include "vlm-node.fullname" .) }}
 {{- end }}
 
-{{/* The Secret holding the role's API key, and its key there; empty: no key. */}}
+{{/* The Secret holding the role's API key (empty: no key), and its key there. */}}
 {{- define "vlm-node.engine.keySecret" -}}
 {{- $key := (index .root.Values.engines .role).apiKey }}
 {{- if $key.existingSecret }}
