@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Checks the deployment files without a container engine or a cluster:
 #   1. hadolint on the Dockerfile
-#   2. docker-compose config -q, with the cpu (default) and gpu profiles, and
-#      with the token file and TLS certificate given as Compose secrets
+#   2. docker-compose config -q, with the cpu (default), gpu and vllm profiles,
+#      and with the token file and TLS certificate given as Compose secrets
 #   3. helm lint, and helm template for several sets of values: the defaults,
 #      the README's install, bearer tokens from a created or an existing
-#      Secret, TLS, the ServiceMonitor, worker autoscaling in each mode (plus
-#      values the chart must refuse)
+#      Secret, TLS, the ServiceMonitor, worker autoscaling in each mode, the
+#      model servers (the VLM on an external OpenAI-compatible server with its
+#      API key, several Ollama replicas, both roles external) (plus values the
+#      chart must refuse)
 #   4. every rendered manifest against the Kubernetes $KUBE_VERSION schemas
 #      (kubernetes-validate, strict: unknown fields fail); the CRDs that
 #      kubernetes-validate has no schema for get a check of their shape
@@ -122,6 +124,7 @@ if [[ ! -e .env.local ]]; then  # the secrets file is not committed; compose nee
 fi
 docker-compose config -q || fail "docker-compose.yml is invalid"
 docker-compose --profile gpu config -q || fail "docker-compose.yml is invalid with the gpu profile"
+docker-compose --profile vllm config -q || fail "docker-compose.yml is invalid with the vllm profile"
 docker-compose config > "$RENDER/compose.yaml" || fail "docker-compose config"
 # Tokens from a file and TLS: the secrets name real files (their content does not matter here).
 mkdir -p "$WORK/secrets"
@@ -131,13 +134,16 @@ printf 't0k\n' > "$WORK/secrets/tokens"
 SECRETS_ENV=(AUTH_TOKENS_SECRET="$WORK/secrets/tokens" TLS_CERT_SECRET="$WORK/secrets/tls.crt" TLS_KEY_SECRET="$WORK/secrets/tls.key")
 env "${SECRETS_ENV[@]}" docker-compose config -q || fail "docker-compose.yml is invalid with the secrets set"
 env "${SECRETS_ENV[@]}" docker-compose config > "$RENDER/compose-secrets.yaml" || fail "docker-compose config (secrets)"
-echo "docker-compose.yml: valid (cpu and gpu profiles; secrets unset and set)"
+echo "docker-compose.yml: valid (cpu, gpu and vllm profiles; secrets unset and set)"
 
 # -- Helm ----------------------------------------------------------------------
 step "helm lint"
 "$HELM" lint --strict "$CHART" || fail "helm lint (default values)"
 "$HELM" lint --strict "$CHART" "${SEED_VALUES[@]}" || fail "helm lint (the README's install values)"
 "$HELM" lint --strict "$CHART" "${SECURE_VALUES[@]}" || fail "helm lint (tokens, TLS, ServiceMonitor)"
+"$HELM" lint --strict "$CHART" --set ollama.replicas=3 --set engines.vlm.backend=openai \
+  --set 'engines.vlm.baseUrls={http://vllm:8000/v1}' --set engines.vlm.apiKey.value=sk-1 \
+  || fail "helm lint (engines, Ollama replicas)"
 
 render() {  # render NAME VALUES...
   local name=$1; shift
@@ -169,6 +175,23 @@ render autoscale-prometheus "${SEED_VALUES[@]}" --set worker.autoscaling.enabled
   --set worker.autoscaling.mode=prometheus --set worker.autoscaling.jobsPerReplica=3 \
   --set worker.autoscaling.prometheus.selector.service=vlm-node-metrics
 
+# The model servers: the VLM on a KServe InferenceService (vLLM runtime) with
+# its API key from your Secret, the LLM on the release's Ollama; several
+# Ollama replicas on GPUs; both roles external (a vLLM production-stack router
+# with a key the chart stores, two llama-servers), so no Ollama.
+render engines-openai-vlm "${SEED_VALUES[@]}" --set engines.vlm.backend=openai \
+  --set 'engines.vlm.baseUrls={http://qwen-vl-predictor.models.svc.cluster.local/openai/v1}' \
+  --set engines.vlm.model=Qwen/Qwen2.5-VL-3B-Instruct --set engines.vlm.slots=16 --set engines.vlm.maxImages=4 \
+  --set engines.vlm.apiKey.existingSecret=vlm-node-vlm-key --set engines.vlm.apiKey.key=token
+render ollama-replicas "${SEED_VALUES[@]}" --set ollama.replicas=3 --set ollama.gpu.enabled=true --set ollama.numParallel=4
+render engines-external "${SEED_VALUES[@]}" --set ollama.enabled=false \
+  --set engines.vlm.backend=openai --set 'engines.vlm.baseUrls={http://vllm-router-service.vllm.svc/v1}' \
+  --set engines.vlm.model=Qwen/Qwen2.5-VL-7B-Instruct --set engines.vlm.slots=64 --set engines.vlm.maxImages=8 \
+  --set engines.vlm.apiKey.value=sk-vlm \
+  --set engines.llm.backend=openai --set 'engines.llm.baseUrls={http://llm-0.llm.models.svc:8080/v1,http://llm-1.llm.models.svc:8080/v1}' \
+  --set engines.llm.model=qwen2.5-coder-1.5b --set engines.llm.slots=4 \
+  --set engines.llm.apiKey.existingSecret=vlm-node-llm-key
+
 refused() {  # refused NAME WHY VALUES...: the chart must refuse the values, saying WHY
   local name=$1 why=$2; shift 2
   if "$HELM" template vlm-node "$CHART" --kube-version "$KUBE_VERSION" "$@" >/dev/null 2>"$WORK/refused"; then
@@ -191,6 +214,21 @@ refused "fewer workers at most than at least" "minReplicas is above maxReplicas"
   --set worker.autoscaling.minReplicas=6
 refused "a token a browser cannot send" "auth.tokens.0: Does not match pattern" --set auth.enabled=true --set auth.createSecret=true \
   --set 'auth.tokens={has space}'
+refused "an openai engine without its servers" "engines.vlm.baseUrls: Array must have at least 1 items" \
+  --set engines.vlm.backend=openai
+refused "an API key both given and in a Secret" "engines.llm.apiKey.existingSecret: String length must be less than or equal to 0" \
+  --set engines.llm.backend=openai --set 'engines.llm.baseUrls={http://llm:8080/v1}' \
+  --set engines.llm.apiKey.value=sk-1 --set engines.llm.apiKey.existingSecret=llm-key
+refused "an engine's URL that is not one" "engines.vlm.baseUrls.0: Does not match pattern" \
+  --set engines.vlm.backend=openai --set 'engines.vlm.baseUrls={vllm:8000}'
+refused "slots for Ollama" "Ollama's is ollama.numParallel" --set engines.llm.slots=8
+refused "an API key for Ollama" "the node sends an API key to an openai backend only" --set engines.vlm.apiKey.value=sk-1
+refused "an engine setting in env" "env: Must not validate the schema" --set env.VLM_BACKEND=openai
+refused "the model named twice" "name the model in engines.vlm.model, not env.VLM_MODEL" \
+  --set env.VLM_MODEL=moondream:1.8b --set engines.vlm.backend=openai --set 'engines.vlm.baseUrls={http://vllm:8000/v1}'
+refused "an Ollama no role uses" "set ollama.enabled=false" --set engines.vlm.backend=openai \
+  --set 'engines.vlm.baseUrls={http://vllm:8000/v1}' --set 'engines.llm.baseUrls={http://ollama.example.com:11434}'
+refused "no Ollama replicas" "ollama.replicas: Must be greater than or equal to 1" --set ollama.replicas=0
 
 # -- manifests -----------------------------------------------------------------
 step "kubernetes-validate (Kubernetes $KUBE_VERSION, strict)"

@@ -208,12 +208,18 @@ def stated_defaults() -> list[tuple[str, str, str]]:
             stated.append((".env", n, v))
     values = yaml.safe_load((ROOT / "charts/vlm-node/values.yaml").read_text())
     stated += [("values.yaml env", n, str(v)) for n, v in values["env"].items() if n in names]
+    for role, engine in values["engines"].items():  # each value the chart sets a role's setting from
+        for value, name in (("backend", "BACKEND"), ("model", "MODEL"), ("slots", "SLOTS"), ("maxImages", "MAX_IMAGES")):
+            if engine.get(value) is not None:
+                stated.append((f"values.yaml engines.{role}.{value}", f"{role.upper()}_{name}", str(engine[value])))
     return stated
 
 
 def test_deployment_files_repeat_only_the_node_defaults():
     stated = stated_defaults()
-    assert {n for _, n, _ in stated} >= {"VLM_MODEL", "LLM_MODEL", "METRICS_PORT", "HTTP_PORT", "OLLAMA_NUM_PARALLEL"}
+    assert {n for _, n, _ in stated} >= {"VLM_MODEL", "LLM_MODEL", "METRICS_PORT", "HTTP_PORT", "OLLAMA_NUM_PARALLEL",
+                                         "VLM_BACKEND", "LLM_BACKEND"}
+    assert ("values.yaml engines.vlm.model", "VLM_MODEL", Settings.vlm_model) in stated
     defaults = Settings()
     for where, name, value in stated:
         assert Settings.from_env({name: value}) == defaults, f"{where}: {name}={value} is not the node's default"

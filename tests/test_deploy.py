@@ -3,8 +3,10 @@ config, helm lint and template, kubernetes-validate), and what they render
 keeps the contract: the README's Helm install makes the posemesh Secret, the
 probes ask the real endpoints (also with TLS on), workers scale (on the jobs
 wanting a worker, counted as the node counts them) and answer /health,
-bearer tokens come from a mounted Secret, metrics are scrapeable, and every
-variable is one the node reads."""
+bearer tokens come from a mounted Secret, metrics are scrapeable, each role's
+model server is where the values say (vLLM in Compose, external servers and
+several Ollama replicas in the chart), and every variable is one the node
+reads."""
 
 import base64
 import dataclasses
@@ -178,7 +180,8 @@ def test_external_database_and_secrets(check):
 
 
 def test_every_variable_is_one_the_node_reads(check):
-    for name in ("helm-default", "helm-full", "helm-external", "helm-auth-created", "helm-secure"):
+    for name in ("helm-default", "helm-full", "helm-external", "helm-auth-created", "helm-secure",
+                 "helm-engines-openai-vlm", "helm-ollama-replicas", "helm-engines-external"):
         docs = render(check, name)
         config = find(docs, "ConfigMap")["data"]
         assert set(config) <= SETTINGS, f"{name}: unknown variables {set(config) - SETTINGS}"
@@ -186,7 +189,7 @@ def test_every_variable_is_one_the_node_reads(check):
             for c in containers(deployment).values():
                 unknown = {e["name"] for e in c.get("env", [])} - SETTINGS - {"PGPASSWORD"}
                 assert not unknown, f"{name} {c['name']}: unknown variables {unknown}"
-    for service in ("server", "bridge", "worker"):
+    for service in ("server", "bridge", "worker", "vllm"):
         env = set(render(check, "compose")[0]["services"][service]["environment"])
         unknown = env - SETTINGS - COMPOSE_ONLY
         assert not unknown, f"compose {service}: unknown variables {unknown}"
@@ -324,9 +327,9 @@ def test_compose_passes_tokens_and_tls_to_the_api_only(check):
 
 def test_ollama_and_the_node_agree_on_its_slots(check):
     """Ollama answers OLLAMA_NUM_PARALLEL requests per model; the node must send no more."""
-    for name in ("helm-default", "helm-full"):
+    for name, kind in (("helm-default", "Deployment"), ("helm-full", "Deployment"), ("helm-ollama-replicas", "StatefulSet")):
         docs = render(check, name)
-        ollama = containers(find(docs, "Deployment", "-ollama"))["ollama"]
+        ollama = containers(find(docs, kind, "-ollama"))["ollama"]
         assert ollama["image"].endswith(":0.32.15"), "the release the fakes are modelled on"
         assert env_values(ollama)["OLLAMA_NUM_PARALLEL"] == find(docs, "ConfigMap")["data"]["OLLAMA_NUM_PARALLEL"]
     compose = render(check, "compose")[0]["services"]
@@ -418,3 +421,176 @@ async def test_the_chart_counts_the_jobs_the_node_counts(check, store, database_
     held = sum(by_status.get(status, 0) for status in HELD)
     assert (due, held) == (2, 5), "the rows above: due pending, and held"
     assert counted == due + held
+
+
+def run_compose_script(service: dict, env: dict[str, str], tmp_path: Path, fake: str) -> subprocess.CompletedProcess:
+    """A Compose service's `sh -c` command, run here with `fake` (a program
+    that prints its arguments one a line) on PATH in place of the image's."""
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    (tmp_path / fake).write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    (tmp_path / fake).chmod(0o755)
+    script = service["command"][0].replace("$$", "$")  # Compose's escape, as `config` prints it
+    return subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+VLLM_LINES = {  # .env's lines for .env.local
+    "VLM_BACKEND": "openai", "VLM_BASE_URL": "http://vllm:8000/v1", "VLM_MODEL": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "VLM_SLOTS": "16", "VLM_MAX_IMAGES": "4", "VLM_NUM_CTX": "8192",
+}
+
+
+def test_env_names_the_lines_the_vllm_profile_needs():
+    commented = dict(line.lstrip("# ").split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+                     if line.startswith("#   VLM_"))
+    assert commented == VLLM_LINES
+    settings = Settings.from_env(commented)  # lines the node takes
+    assert (settings.vlm_backend, settings.caption_concurrency) == ("openai", 16)
+
+
+def test_compose_vllm_profile_starts_vllm_from_the_node_settings(check, tmp_path):
+    services = render(check, "compose")[0]["services"]
+    vllm = services["vllm"]
+    assert vllm["profiles"] == ["vllm"]
+    assert vllm["image"] == "vllm/vllm-openai:v0.10.1.1"
+    assert vllm["deploy"] == services["ollama-gpu"]["deploy"], "the GPU reserved as for the gpu profile"
+    assert "/root/.cache/huggingface" in " ".join(vllm["volumes"])
+    assert "http://127.0.0.1:8000/health" in " ".join(vllm["healthcheck"]["test"])
+    assert vllm["environment"]["VLM_MODEL"] == services["server"]["environment"]["VLM_MODEL"], \
+        "vLLM reads the node's own files (.env, .env.local)"
+
+    args = run_compose_script(vllm, {**VLLM_LINES, "VLM_BASE_URL": "http://gpu2:8000/v1,http://vllm:8000/v1"},
+                              tmp_path, "vllm")
+    assert args.returncode == 0, args.stderr
+    argv = args.stdout.splitlines()
+    flag = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
+    assert argv[:2] == ["serve", VLLM_LINES["VLM_MODEL"]], "served under the name the node asks for"
+    assert flag["--max-num-seqs"] == VLLM_LINES["VLM_SLOTS"], "the node sends no more than vLLM runs at once"
+    assert json.loads(flag["--limit-mm-per-prompt"]) == {"image": int(VLLM_LINES["VLM_MAX_IMAGES"])}
+    assert flag["--max-model-len"] == VLLM_LINES["VLM_NUM_CTX"]
+    assert "--api-key" not in flag
+    keyed = run_compose_script(vllm, {**VLLM_LINES, "VLM_API_KEY": "sk-1"}, tmp_path, "vllm")
+    assert {"--api-key", "sk-1"} <= set(keyed.stdout.splitlines()), "the key the node sends is the one vLLM wants"
+
+    # Without the node pointed at it (or with an Ollama tag for a model), vLLM does not start, and says why.
+    for env in ({}, {**VLLM_LINES, "VLM_MODEL": "moondream:1.8b"}, {**VLLM_LINES, "VLM_MAX_IMAGES": "0"},
+                {k: v for k, v in VLLM_LINES.items() if k != "VLM_SLOTS"}):
+        refused = run_compose_script(vllm, env, tmp_path, "vllm")
+        assert refused.returncode == 1 and not refused.stdout, env
+        assert "put in .env.local (see .env): VLM_BACKEND=openai" in refused.stderr
+
+
+def test_compose_pulls_only_the_models_ollama_serves(check, tmp_path):
+    pull = render(check, "compose")[0]["services"]["ollama-pull"]
+    both = run_compose_script(pull, {"VLM_MODEL": "moondream:1.8b", "LLM_MODEL": "llama3:latest"}, tmp_path, "ollama")
+    assert both.returncode == 0 and both.stdout.splitlines() == ["pull", "moondream:1.8b", "pull", "llama3:latest"]
+    llm_only = run_compose_script(pull, {**VLLM_LINES, "LLM_MODEL": "llama3:latest"}, tmp_path, "ollama")
+    assert llm_only.returncode == 0 and llm_only.stdout.splitlines() == ["pull", "llama3:latest"]
+
+
+# The model servers (engines): where each role's model is, from the chart's values.
+
+ENGINE_SETTINGS = {f"{role}_{name}" for role in ("VLM", "LLM") for name in
+                   ("BACKEND", "BASE_URL", "SLOTS", "API_KEY", "API_KEY_FILE")} | {"VLM_MAX_IMAGES"}
+
+
+def node_settings(docs: list[dict], container: dict) -> Settings:
+    """What the node reads in a container: its ConfigMap and its own values,
+    but the files, which exist in the pod only (their mounts are checked apart)."""
+    env = find(docs, "ConfigMap")["data"] | env_values(container)
+    return Settings.from_env({k: v for k, v in env.items() if not k.endswith("_FILE")})
+
+
+def key_file(deployment: dict, container: str, role: str) -> tuple[str, str] | None:
+    """(Secret, key) whose value the container reads as ROLE_API_KEY_FILE, or None."""
+    c = containers(deployment)[container]
+    path = env_values(c).get(f"{role}_API_KEY_FILE")
+    if path is None:
+        assert f"{role.lower()}-api-key" not in mounts(c), (container, role)
+        return None
+    volume = f"{role.lower()}-api-key"
+    directory, file = path.rsplit("/", 1)
+    assert mounts(c)[volume] == directory, (container, role)
+    secret = volumes(deployment)[volume]["secret"]
+    [item] = [i for i in secret["items"] if i["path"] == file]
+    return secret["secretName"], item["key"]
+
+
+def test_by_default_both_roles_are_on_the_release_ollama(check):
+    for name in ("helm-default", "helm-full", "helm-seed"):
+        docs = render(check, name)
+        config = find(docs, "ConfigMap")["data"]
+        assert not ENGINE_SETTINGS & set(config), f"{name}: the node's defaults, as before the engines' values"
+        settings = node_settings(docs, containers(find(docs, "Deployment", "-server"))["server"])
+        assert settings.vlm_url == settings.llm_url == "http://vlm-node-ollama:11434"
+        assert (settings.vlm_model, settings.llm_model) == (Settings.vlm_model, Settings.llm_model)
+        find(docs, "Deployment", "-ollama")
+        find(docs, "PersistentVolumeClaim", "-ollama")
+        assert not [d for d in docs if d["kind"] == "StatefulSet" and "ollama" in d["metadata"]["name"]]
+        assert not [d for d in docs if d["metadata"]["name"].endswith("-engines")], "no key, no Secret"
+
+
+def test_the_vlm_on_an_external_openai_server_with_its_key(check):
+    docs = render(check, "helm-engines-openai-vlm")
+    config = find(docs, "ConfigMap")["data"]
+    assert {k: config[k] for k in ENGINE_SETTINGS & set(config)} == {
+        "VLM_BACKEND": "openai", "VLM_BASE_URL": "http://qwen-vl-predictor.models.svc.cluster.local/openai/v1",
+        "VLM_SLOTS": "16", "VLM_MAX_IMAGES": "4",
+    }, "the LLM stays on the node's defaults: the release's Ollama"
+    assert config["VLM_MODEL"] == "Qwen/Qwen2.5-VL-3B-Instruct"
+    server, worker = find(docs, "Deployment", "-server"), find(docs, "Deployment", "-worker")
+    settings = node_settings(docs, containers(server)["server"])
+    assert (settings.vlm_backend, settings.caption_concurrency, settings.vlm_max_images) == ("openai", 16, 4)
+    assert (settings.llm_backend, settings.llm_url) == ("ollama", "http://vlm-node-ollama:11434")
+    find(docs, "Deployment", "-ollama")
+    for deployment, container in ((server, "server"), (worker, "worker")):
+        assert key_file(deployment, container, "VLM") == ("vlm-node-vlm-key", "token"), container
+        assert key_file(deployment, container, "LLM") is None
+    assert key_file(server, "bridge", "VLM") is None, "the bridge reaches no model"
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-engines")], "your Secret, not one made"
+
+
+def test_several_ollama_replicas_are_each_a_server_of_the_roles(check):
+    docs = render(check, "helm-ollama-replicas")
+    assert not [d for d in docs if d["kind"] in ("Deployment", "PersistentVolumeClaim") and "ollama" in d["metadata"]["name"]]
+    sts = find(docs, "StatefulSet", "-ollama")
+    headless = find(docs, "Service", "-ollama-headless")
+    assert headless["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+    assert sts["spec"]["replicas"] == 3
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "30Gi", "a models volume per replica"
+    assert "app.kubernetes.io/version" not in claim["metadata"]["labels"], "claim templates cannot change on upgrade"
+    ollama = containers(sts)["ollama"]
+    assert mounts(ollama)["models"] == "/root/.ollama" and ollama["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+    pods = [f"http://{sts['metadata']['name']}-{i}.{headless['metadata']['name']}:11434" for i in range(3)]
+    config = find(docs, "ConfigMap")["data"]
+    assert config["VLM_BASE_URL"] == config["LLM_BASE_URL"] == ",".join(pods), "every replica, by its own name"
+    assert "VLM_BACKEND" not in config and "LLM_BACKEND" not in config
+    any_replica = find(docs, "Service", "-ollama")
+    assert config["OLLAMA_HOST"] == f"http://{any_replica['metadata']['name']}:11434"
+    assert any_replica["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_both_roles_on_external_servers_and_no_ollama(check):
+    docs = render(check, "helm-engines-external")
+    assert not [d for d in docs if "ollama" in d["metadata"]["name"]], "no role is on an Ollama of the release"
+    config = find(docs, "ConfigMap")["data"]
+    assert (config["VLM_BACKEND"], config["LLM_BACKEND"]) == ("openai", "openai")
+    assert config["VLM_BASE_URL"] == "http://vllm-router-service.vllm.svc/v1"
+    assert config["LLM_BASE_URL"] == "http://llm-0.llm.models.svc:8080/v1,http://llm-1.llm.models.svc:8080/v1"
+    assert (config["VLM_SLOTS"], config["LLM_SLOTS"], config["VLM_MAX_IMAGES"]) == ("64", "4", "8")
+    assert (config["VLM_MODEL"], config["LLM_MODEL"]) == ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-coder-1.5b")
+    made = find(docs, "Secret", "-engines")
+    assert {k: base64.b64decode(v).decode() for k, v in made["data"].items()} == {"vlm-api-key": "sk-vlm"}
+    assert not {"VLM_API_KEY", "LLM_API_KEY"} & set(config), "no key in the ConfigMap"
+    for name, container in (("-server", "server"), ("-worker", "worker")):
+        deployment = find(docs, "Deployment", name)
+        assert key_file(deployment, container, "VLM") == (made["metadata"]["name"], "vlm-api-key")
+        assert key_file(deployment, container, "LLM") == ("vlm-node-llm-key", "api-key")
+        settings = node_settings(docs, containers(deployment)[container])
+        assert (settings.vlm_backend, settings.llm_backend, settings.llm_slots) == ("openai", "openai", 4)
+    annotations = find(docs, "Deployment", "-server")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" in annotations, "a key the chart stores restarts the pods when it changes"

@@ -124,6 +124,28 @@ stored (so upgrades keep it), else a new random one. */}}
 {{- if and $as.enabled (gt (int $as.minReplicas) (int $as.maxReplicas)) }}
 {{- fail "worker.autoscaling: minReplicas is above maxReplicas" }}
 {{- end }}
+{{- $onReleaseOllama := false }}
+{{- range $role := list "vlm" "llm" }}
+{{- $e := index $.Values.engines $role }}
+{{- if include "vlm-node.engine.onReleaseOllama" (dict "root" $ "role" $role) }}
+{{- $onReleaseOllama = true }}
+{{- end }}
+{{- if eq $e.backend "ollama" }}
+{{- if not (kindIs "invalid" $e.slots) }}
+{{- fail (printf "engines.%s.slots is what an OpenAI-compatible server answers at once; Ollama's is ollama.numParallel (OLLAMA_NUM_PARALLEL)" $role) }}
+{{- end }}
+{{- if or $e.apiKey.value $e.apiKey.existingSecret }}
+{{- fail (printf "engines.%s.apiKey: the node sends an API key to an openai backend only" $role) }}
+{{- end }}
+{{- end }}
+{{- $legacy := printf "%s_MODEL" (upper $role) }}
+{{- if and (hasKey $.Values.env $legacy) (or (eq $e.backend "openai") $e.baseUrls) }}
+{{- fail (printf "engines.%s: name the model in engines.%s.model, not env.%s (where earlier versions of the chart took it), now that engines.%s names its server" $role $role $legacy $role) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.ollama.enabled (not $onReleaseOllama) }}
+{{- fail "ollama.enabled=true, but engines puts neither role on the release's Ollama: set ollama.enabled=false" }}
+{{- end }}
 {{- end }}
 
 {{/* Worker autoscaling. The jobs wanting a worker: due pending ones and
@@ -201,6 +223,100 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- end }}
 
+{{/* The release's Ollama (its Service, Deployment or StatefulSet), and the
+headless Service naming each pod of several replicas. */}}
+{{- define "vlm-node.ollama.fullname" -}}
+{{- printf "%s-ollama" (include "vlm-node.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "vlm-node.ollama.headless" -}}
+{{- printf "%s-ollama-headless" (include "vlm-node.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The engines: each role's model server (VLM_*, LLM_* settings). Call
+with (dict "root" $ "role" "vlm"). */}}
+{{- define "vlm-node.engine.onReleaseOllama" -}}
+{{- $e := index .root.Values.engines .role }}
+{{- if and .root.Values.ollama.enabled (eq $e.backend "ollama") (not $e.baseUrls) }}true{{ end }}
+{{- end }}
+
+{{/* The role's servers, comma-separated; empty: OLLAMA_HOST. */}}
+{{- define "vlm-node.engine.baseUrl" -}}
+{{- $e := index .root.Values.engines .role }}
+{{- $replicas := int .root.Values.ollama.replicas }}
+{{- if $e.baseUrls }}
+{{- join "," $e.baseUrls }}
+{{- else if and (include "vlm-node.engine.onReleaseOllama" .) (gt $replicas 1) }}
+{{- $urls := list }}
+{{- range $i := until $replicas }}
+{{- $urls = append $urls (printf "http://%s-%d.%s:11434" (include "vlm-node.ollama.fullname" $.root) $i (include "vlm-node.ollama.headless" $.root)) }}
+{{- end }}
+{{- join "," $urls }}
+{{- end }}
+{{- end }}
+
+{{- define "vlm-node.engine.model" -}}
+{{- index .root.Values.env (printf "%s_MODEL" (upper .role)) | default (index .root.Values.engines .role).model }}
+{{- end }}
+
+{{/* The Secret the chart makes of the keys given as values. */}}
+{{- define "vlm-node.engineKeysSecretName" -}}
+{{- printf "%s-engines" (include "vlm-node.fullname" .) }}
+{{- end }}
+
+{{/* The Secret holding the role's API key (empty: no key), and its key there. */}}
+{{- define "vlm-node.engine.keySecret" -}}
+{{- $key := (index .root.Values.engines .role).apiKey }}
+{{- if $key.existingSecret }}
+{{- $key.existingSecret }}
+{{- else if $key.value }}
+{{- include "vlm-node.engineKeysSecretName" .root }}
+{{- end }}
+{{- end }}
+
+{{- define "vlm-node.engine.keyName" -}}
+{{- $key := (index .root.Values.engines .role).apiKey }}
+{{- if $key.existingSecret }}{{ $key.key }}{{ else }}{{ printf "%s-api-key" .role }}{{ end }}
+{{- end }}
+
+{{- define "vlm-node.engineKeyDir" -}}/etc/vlm-node/engines{{- end }}
+
+{{/* Env items, mounts and volumes of the engines' API keys, for the
+containers that reach the models (the gRPC server and the workers). */}}
+{{- define "vlm-node.engineKeyEnv" -}}
+{{- range $role := list "vlm" "llm" }}
+{{- if include "vlm-node.engine.keySecret" (dict "root" $ "role" $role) }}
+- name: {{ upper $role }}_API_KEY_FILE
+  value: {{ printf "%s/%s/api-key" (include "vlm-node.engineKeyDir" $) $role | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "vlm-node.engineKeyMounts" -}}
+{{- range $role := list "vlm" "llm" }}
+{{- if include "vlm-node.engine.keySecret" (dict "root" $ "role" $role) }}
+- name: {{ $role }}-api-key
+  mountPath: {{ printf "%s/%s" (include "vlm-node.engineKeyDir" $) $role }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "vlm-node.engineKeyVolumes" -}}
+{{- range $role := list "vlm" "llm" }}
+{{- $ctx := dict "root" $ "role" $role }}
+{{- with include "vlm-node.engine.keySecret" $ctx }}
+- name: {{ $role }}-api-key
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ include "vlm-node.engine.keyName" $ctx }}
+        path: api-key
+    defaultMode: 288  # 0440: the pod's group (fsGroup) reads it
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Environment of the node's server and worker containers. */}}
 {{- define "vlm-node.nodeEnv" -}}
 envFrom:
@@ -237,10 +353,89 @@ env:
     valueFrom:
       secretKeyRef: {name: {{ . }}, key: WEBHOOK_SECRET, optional: true}
   {{- end }}
+  {{- with include "vlm-node.engineKeyEnv" . | trim }}{{ . | nindent 2 }}{{ end }}
 {{- end }}
 
 {{/* Restart the node's pods when their configuration changes. */}}
 {{- define "vlm-node.checksums" -}}
 checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
 checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+
+{{/* Ollama's models volume: the PVC's spec, or each replica's. */}}
+{{- define "vlm-node.ollama.volumeSpec" -}}
+accessModes: [ReadWriteOnce]
+{{- with .Values.ollama.persistence.storageClass }}
+storageClassName: {{ . }}
+{{- end }}
+resources:
+  requests:
+    storage: {{ .Values.ollama.persistence.size }}
+{{- end }}
+
+{{/* Ollama's pod template; call with (dict "root" $ "claim" NAME), NAME the
+PVC of the models, or "" where a StatefulSet gives each pod its own. */}}
+{{- define "vlm-node.ollama.pod" -}}
+{{- with .root -}}
+metadata:
+  labels:
+    {{- include "vlm-node.labels" (dict "root" . "component" "ollama") | nindent 4 }}
+spec:
+  automountServiceAccountToken: false
+  containers:
+    - name: ollama
+      image: "{{ .Values.ollama.image.repository }}:{{ .Values.ollama.image.tag }}"
+      imagePullPolicy: {{ .Values.ollama.image.pullPolicy }}
+      env:
+        - name: OLLAMA_HOST
+          value: "0.0.0.0:11434"
+        - name: OLLAMA_NUM_PARALLEL
+          value: {{ .Values.ollama.numParallel | quote }}
+      ports:
+        - name: http
+          containerPort: 11434
+          protocol: TCP
+      livenessProbe:
+        httpGet:
+          path: /
+          port: http
+        initialDelaySeconds: 10
+        periodSeconds: 15
+        timeoutSeconds: 5
+      readinessProbe:
+        httpGet:
+          path: /api/version
+          port: http
+        periodSeconds: 10
+        timeoutSeconds: 5
+      resources:
+        {{- $resources := deepCopy .Values.ollama.resources }}
+        {{- if .Values.ollama.gpu.enabled }}
+        {{- $limits := default dict $resources.limits }}
+        {{- $_ := set $limits "nvidia.com/gpu" .Values.ollama.gpu.count }}
+        {{- $_ := set $resources "limits" $limits }}
+        {{- end }}
+        {{- toYaml $resources | nindent 8 }}
+      volumeMounts:
+        - name: models
+          mountPath: /root/.ollama
+  {{- with $.claim }}
+  volumes:
+    - name: models
+      persistentVolumeClaim:
+        claimName: {{ . }}
+  {{- end }}
+  {{- with .Values.ollama.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.ollama.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.ollama.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
 {{- end }}
