@@ -522,7 +522,7 @@ def test_by_default_both_roles_are_on_the_release_ollama(check):
         config = find(docs, "ConfigMap")["data"]
         assert not ENGINE_SETTINGS & set(config), f"{name}: the node's defaults, as before the engines' values"
         settings = node_settings(docs, containers(find(docs, "Deployment", "-server"))["server"])
-        assert settings.vlm_url == settings.llm_url == "http://vlm-node-ollama:11434"
+        assert settings.role("VLM").urls == settings.role("LLM").urls == ("http://vlm-node-ollama:11434",)
         assert (settings.vlm_model, settings.llm_model) == (Settings.vlm_model, Settings.llm_model)
         find(docs, "Deployment", "-ollama")
         find(docs, "PersistentVolumeClaim", "-ollama")
@@ -541,7 +541,7 @@ def test_the_vlm_on_an_external_openai_server_with_its_key(check):
     server, worker = find(docs, "Deployment", "-server"), find(docs, "Deployment", "-worker")
     settings = node_settings(docs, containers(server)["server"])
     assert (settings.vlm_backend, settings.caption_concurrency, settings.vlm_max_images) == ("openai", 16, 4)
-    assert (settings.llm_backend, settings.llm_url) == ("ollama", "http://vlm-node-ollama:11434")
+    assert (settings.llm_backend, settings.role("LLM").urls) == ("ollama", ("http://vlm-node-ollama:11434",))
     find(docs, "Deployment", "-ollama")
     for deployment, container in ((server, "server"), (worker, "worker")):
         assert key_file(deployment, container, "VLM") == ("vlm-node-vlm-key", "token"), container
@@ -569,6 +569,9 @@ def test_several_ollama_replicas_are_each_a_server_of_the_roles(check):
     config = find(docs, "ConfigMap")["data"]
     assert config["VLM_BASE_URL"] == config["LLM_BASE_URL"] == ",".join(pods), "every replica, by its own name"
     assert "VLM_BACKEND" not in config and "LLM_BACKEND" not in config
+    settings = node_settings(docs, containers(find(docs, "Deployment", "-server"))["server"])
+    assert settings.role("VLM").urls == settings.role("LLM").urls == tuple(pods), "one pool of both roles"
+    assert settings.caption_concurrency == 3 * settings.ollama_num_parallel, "a job fills every replica's slots"
     any_replica = find(docs, "Service", "-ollama")
     assert config["OLLAMA_HOST"] == f"http://{any_replica['metadata']['name']}:11434"
     assert any_replica["spec"]["selector"].items() <= pod_labels.items()
