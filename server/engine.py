@@ -43,7 +43,17 @@ import ollama
 
 from server import metrics
 from server.config import Settings
-from server.engines import ANSWER_RESERVE, Answer, AnswerFormat, Chunk, causes, counting_errors, json_object, too_long
+from server.engines import (
+    ANSWER_RESERVE,
+    Answer,
+    AnswerFormat,
+    Chunk,
+    causes,
+    count_tokens,
+    counting_errors,
+    json_object,
+    too_long,
+)
 from server.errors import BadInput, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.retry import RetryStrategy
@@ -322,6 +332,7 @@ class OllamaEngine:
                                     code="prompt_too_long",
                                 )
                             estimator.observe(prompt, len(images), counted, window=window)
+                            count_tokens(model, counted, part.eval_count or 0)
                             yield part
                             return
                         if time.monotonic() > deadline:

@@ -63,6 +63,12 @@ async def counting_errors(model: str | None) -> AsyncIterator[None]:
         raise
 
 
+def count_tokens(model: str, prompt: int, answer: int) -> None:
+    """An answer's tokens, as the server counted them."""
+    metrics.MODEL_TOKENS.labels(model, "prompt").inc(prompt)
+    metrics.MODEL_TOKENS.labels(model, "answer").inc(answer)
+
+
 def too_long(model: str, need: int, images: int, window: int) -> BadInput:
     """A prompt refused before it is sent: by our estimate it leaves no room for the answer."""
     with_images = f" with {images} image(s)" if images else ""

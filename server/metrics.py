@@ -24,6 +24,10 @@ OLLAMA_SLOT_WAIT = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 OLLAMA_ERRORS = Counter("vlmnode_ollama_errors_total", "Ollama requests that failed", ["model", "code"])
+MODEL_TOKENS = Counter(
+    "vlmnode_model_tokens_total", "Tokens of answered requests as the model server counted them, by kind: "
+    "prompt (read) or answer (written)", ["model", "kind"],
+)
 # Each model server of a role (server/pool.py); `server` is its URL without a password.
 MODEL_SERVER_UP = Gauge(
     "vlmnode_model_server_up", "1 while a model server takes requests, 0 while it is out after failing",

@@ -49,7 +49,17 @@ import pydantic
 
 from server import metrics
 from server.config import Role, Settings
-from server.engines import ANSWER_RESERVE, Answer, AnswerFormat, Chunk, causes, counting_errors, json_object, too_long
+from server.engines import (
+    ANSWER_RESERVE,
+    Answer,
+    AnswerFormat,
+    Chunk,
+    causes,
+    count_tokens,
+    counting_errors,
+    json_object,
+    too_long,
+)
 from server.errors import BadInput, PeerRefused, PeerUnavailable, quoted
 from server.model_info import ModelInfo
 from server.tokens import TokenEstimator
@@ -295,6 +305,7 @@ class OpenAIEngine:
         counts = {"total_duration": int((time.perf_counter() - started) * 1e9)}
         if usage is not None:
             estimator.observe(prompt, len(images), usage.prompt_tokens, window=window)
+            count_tokens(model, usage.prompt_tokens, usage.completion_tokens)
             counts |= {"prompt_eval_count": usage.prompt_tokens, "eval_count": usage.completion_tokens}
         yield Chunk("", True, model, _rfc3339(created), reason, {k: v for k, v in counts.items() if v > 0})
 
