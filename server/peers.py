@@ -62,7 +62,7 @@ def openai_engine(settings: Settings, role: RoleSettings, url: str,
     )
 
 
-def _pool(settings: Settings, role: RoleSettings, *, both: bool = False) -> Pool:
+def role_pool(settings: Settings, role: RoleSettings, *, both: bool = False) -> Pool:
     """The role's servers as one engine; `both`: Ollamas serving the VLM and the LLM."""
     tokens: dict[str, TokenEstimator] = defaultdict(TokenEstimator)
     servers: list[tuple[str, Engine, int]] = []
@@ -81,9 +81,9 @@ def engines(settings: Settings) -> Engines:
     that each one's slots per model and its connections are shared as Ollama's are."""
     vlm, llm = settings.role("VLM"), settings.role("LLM")
     if vlm.backend == llm.backend == "ollama" and vlm.urls == llm.urls:
-        both = _pool(settings, vlm, both=True)
+        both = role_pool(settings, vlm, both=True)
         return Engines(vlm=both, llm=both)
-    return Engines(vlm=_pool(settings, vlm), llm=_pool(settings, llm))
+    return Engines(vlm=role_pool(settings, vlm), llm=role_pool(settings, llm))
 
 
 async def check_engines(engines: Engines, program: str) -> bool:
